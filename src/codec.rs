@@ -1,0 +1,525 @@
+//! Avro single-object encoding (`C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of
+//! the writer schema, then the binary datum) for every record type in `schemas/`. It owns
+//! schema lookup by fingerprint and must never panic on input: a bad record is an error value.
+//!
+//! Schemas are parsed and resolved once, when the codec is built. A record written with our own
+//! schema takes the fast path (serde straight from the bytes); a record written with another
+//! known writer schema of the same record is read through Avro schema resolution.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::event::{
+    InventoryEvent, LogisticsEvent, OrderEvent, OversellAlert, PaymentEvent, ReservationExpired,
+    SkuCommand, TrackingStatus, Watermark,
+};
+
+/// The two bytes that open every single-object encoded record.
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+/// A record type with a schema in `schemas/`.
+pub trait AvroRecord: Serialize + DeserializeOwned {
+    const KIND: RecordKind;
+}
+
+/// Every schema orderfold knows, one per `.avsc` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    OrderEvent,
+    PaymentEvent,
+    LogisticsEvent,
+    InventoryEvent,
+    ReservationExpired,
+    TrackingStatus,
+    OversellAlert,
+    SkuCommand,
+    Watermark,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 9] = [
+        RecordKind::OrderEvent,
+        RecordKind::PaymentEvent,
+        RecordKind::LogisticsEvent,
+        RecordKind::InventoryEvent,
+        RecordKind::ReservationExpired,
+        RecordKind::TrackingStatus,
+        RecordKind::OversellAlert,
+        RecordKind::SkuCommand,
+        RecordKind::Watermark,
+    ];
+
+    /// The schema text, compiled in from `schemas/` so the binary and the docs cannot drift.
+    pub fn schema_text(self) -> &'static str {
+        match self {
+            RecordKind::OrderEvent => include_str!("../schemas/OrderEvent.avsc"),
+            RecordKind::PaymentEvent => include_str!("../schemas/PaymentEvent.avsc"),
+            RecordKind::LogisticsEvent => include_str!("../schemas/LogisticsEvent.avsc"),
+            RecordKind::InventoryEvent => include_str!("../schemas/InventoryEvent.avsc"),
+            RecordKind::ReservationExpired => include_str!("../schemas/ReservationExpired.avsc"),
+            RecordKind::TrackingStatus => include_str!("../schemas/TrackingStatus.avsc"),
+            RecordKind::OversellAlert => include_str!("../schemas/OversellAlert.avsc"),
+            RecordKind::SkuCommand => include_str!("../schemas/SkuCommand.avsc"),
+            RecordKind::Watermark => include_str!("../schemas/Watermark.avsc"),
+        }
+    }
+
+    /// The record's full name, which a writer schema must share to be read as this kind.
+    pub fn full_name(self) -> &'static str {
+        match self {
+            RecordKind::OrderEvent => "orderfold.OrderEvent",
+            RecordKind::PaymentEvent => "orderfold.PaymentEvent",
+            RecordKind::LogisticsEvent => "orderfold.LogisticsEvent",
+            RecordKind::InventoryEvent => "orderfold.InventoryEvent",
+            RecordKind::ReservationExpired => "orderfold.ReservationExpired",
+            RecordKind::TrackingStatus => "orderfold.TrackingStatus",
+            RecordKind::OversellAlert => "orderfold.OversellAlert",
+            RecordKind::SkuCommand => "orderfold.SkuCommand",
+            RecordKind::Watermark => "orderfold.Watermark",
+        }
+    }
+}
+
+macro_rules! avro_record {
+    ($($ty:ident),+) => { $(impl AvroRecord for $ty { const KIND: RecordKind = RecordKind::$ty; })+ };
+}
+avro_record!(
+    OrderEvent,
+    PaymentEvent,
+    LogisticsEvent,
+    InventoryEvent,
+    ReservationExpired,
+    TrackingStatus,
+    OversellAlert,
+    SkuCommand,
+    Watermark
+);
+
+/// Why a record could not be read. The names match the dead-letter reasons.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a record of a schema we can read (truncated, wrong magic, bad union
+    /// branch or enum symbol, trailing bytes...). Dead-letter with reason `decode`.
+    #[error("{0}")]
+    Decode(String),
+    /// The writer schema's fingerprint is not one we know for this topic. Dead-letter with
+    /// reason `schema`.
+    #[error("{0}")]
+    UnknownSchema(String),
+}
+
+/// A problem with the codec's own schemas; only configuration can cause it.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("schema {name}: {source}")]
+    Parse {
+        name: String,
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    #[error("writer schema {0} is not a version of any record orderfold reads")]
+    UnknownRecord(String),
+}
+
+/// The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's canonical form.
+pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let fp = schema.fingerprint::<Rabin>();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&fp.bytes[..8]);
+    out
+}
+
+/// A writer schema other than ours, read by resolving it against our reader schema.
+struct Evolved {
+    reader: GenericDatumReader<'static>,
+}
+
+struct Entry {
+    fingerprint: [u8; 8],
+    reader: GenericDatumReader<'static>,
+    writer: GenericDatumWriter<'static>,
+    evolved: HashMap<[u8; 8], Evolved>,
+}
+
+/// Reads and writes every record type. Cheap to share (`Arc`), built once per process.
+pub struct Codec {
+    entries: HashMap<RecordKind, Entry>,
+    kind_by_fingerprint: HashMap<[u8; 8], RecordKind>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("schemas", &self.kind_by_fingerprint.len())
+            .finish()
+    }
+}
+
+/// Schemas live as long as the codec's readers, which borrow them; a process builds one codec,
+/// so leaking the few kilobytes they take is the simple way to give them that lifetime.
+fn leak_schema(text: &str, name: &str) -> Result<&'static Schema, SchemaError> {
+    let schema = Schema::parse_str(text).map_err(|e| SchemaError::Parse {
+        name: name.to_string(),
+        source: Box::new(e),
+    })?;
+    Ok(Box::leak(Box::new(schema)))
+}
+
+fn schema_error(name: &str, e: apache_avro::Error) -> SchemaError {
+    SchemaError::Parse {
+        name: name.to_string(),
+        source: Box::new(e),
+    }
+}
+
+impl Codec {
+    /// The codec for orderfold's own schemas.
+    pub fn new() -> Result<Arc<Codec>, SchemaError> {
+        Self::with_writer_schemas(&[])
+    }
+
+    /// The codec for orderfold's schemas plus other writer schemas (older or newer versions
+    /// of the same records) that producers may use; each is matched to our record by full name.
+    pub fn with_writer_schemas(writer_schemas: &[String]) -> Result<Arc<Codec>, SchemaError> {
+        let mut entries = HashMap::new();
+        let mut kind_by_fingerprint = HashMap::new();
+        for kind in RecordKind::ALL {
+            let name = kind.full_name();
+            let schema = leak_schema(kind.schema_text(), name)?;
+            let fingerprint = fingerprint(schema);
+            let reader = GenericDatumReader::builder(schema)
+                .human_readable(false)
+                .build()
+                .map_err(|e| schema_error(name, e))?;
+            let writer = GenericDatumWriter::builder(schema)
+                .human_readable(false)
+                .build()
+                .map_err(|e| schema_error(name, e))?;
+            kind_by_fingerprint.insert(fingerprint, kind);
+            entries.insert(
+                kind,
+                Entry {
+                    fingerprint,
+                    reader,
+                    writer,
+                    evolved: HashMap::new(),
+                },
+            );
+        }
+        for text in writer_schemas {
+            let writer = leak_schema(text, "writer schema")?;
+            let full_name = match writer {
+                Schema::Record(r) => r.name.fullname(None),
+                _ => return Err(SchemaError::UnknownRecord(writer.canonical_form())),
+            };
+            let kind = RecordKind::ALL
+                .into_iter()
+                .find(|k| k.full_name() == full_name)
+                .ok_or_else(|| SchemaError::UnknownRecord(full_name.clone()))?;
+            let reader_schema = leak_schema(kind.schema_text(), kind.full_name())?;
+            let fp = fingerprint(writer);
+            let reader = GenericDatumReader::builder(writer)
+                .reader_schema(reader_schema)
+                .human_readable(false)
+                .build()
+                .map_err(|e| schema_error(&full_name, e))?;
+            kind_by_fingerprint.insert(fp, kind);
+            if let Some(entry) = entries.get_mut(&kind) {
+                if entry.fingerprint != fp {
+                    entry.evolved.insert(fp, Evolved { reader });
+                }
+            }
+        }
+        Ok(Arc::new(Codec {
+            entries,
+            kind_by_fingerprint,
+        }))
+    }
+
+    fn entry(&self, kind: RecordKind) -> &Entry {
+        // Every kind is inserted by the constructor; a miss is a programmer error.
+        &self.entries[&kind]
+    }
+
+    /// Which record a single-object encoded value holds, by its writer fingerprint.
+    pub fn kind_of(&self, bytes: &[u8]) -> Result<RecordKind, DecodeError> {
+        let fp = split_header(bytes)?.0;
+        self.kind_by_fingerprint
+            .get(&fp)
+            .copied()
+            .ok_or_else(|| unknown_fingerprint(fp))
+    }
+
+    /// Reads one single-object encoded record of type `T`.
+    pub fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
+        let (fp, mut body) = split_header(bytes)?;
+        let entry = self.entry(T::KIND);
+        let value = if fp == entry.fingerprint {
+            entry
+                .reader
+                .read_deser::<T>(&mut body)
+                .map_err(|e| DecodeError::Decode(format!("{}: {e}", T::KIND.full_name())))?
+        } else if let Some(evolved) = entry.evolved.get(&fp) {
+            let value = evolved
+                .reader
+                .read_value(&mut body)
+                .map_err(|e| DecodeError::Decode(format!("{}: {e}", T::KIND.full_name())))?;
+            apache_avro::from_value::<T>(&value)
+                .map_err(|e| DecodeError::Decode(format!("{}: {e}", T::KIND.full_name())))?
+        } else if self.kind_by_fingerprint.contains_key(&fp) {
+            return Err(DecodeError::UnknownSchema(format!(
+                "writer schema {} is not a {}",
+                hex(&fp),
+                T::KIND.full_name()
+            )));
+        } else {
+            return Err(unknown_fingerprint(fp));
+        };
+        if !body.is_empty() {
+            return Err(DecodeError::Decode(format!(
+                "{}: {} trailing bytes after the record",
+                T::KIND.full_name(),
+                body.len()
+            )));
+        }
+        Ok(value)
+    }
+
+    /// Writes one record with our schema, single-object encoded.
+    pub fn encode<T: AvroRecord>(&self, value: &T) -> Result<Vec<u8>, apache_avro::Error> {
+        let entry = self.entry(T::KIND);
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+        out.extend_from_slice(&entry.fingerprint);
+        entry.writer.write_ser(&mut out, value)?;
+        Ok(out)
+    }
+}
+
+fn split_header(bytes: &[u8]) -> Result<([u8; 8], &[u8]), DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Decode(format!(
+            "{} bytes is shorter than the single-object header",
+            bytes.len()
+        )));
+    }
+    if bytes[..2] != SINGLE_OBJECT_MAGIC {
+        return Err(DecodeError::Decode(format!(
+            "not single-object encoded (starts with {:02x} {:02x})",
+            bytes[0], bytes[1]
+        )));
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    Ok((fp, &bytes[HEADER_LEN..]))
+}
+
+fn unknown_fingerprint(fp: [u8; 8]) -> DecodeError {
+    DecodeError::UnknownSchema(format!("unknown writer schema fingerprint {}", hex(&fp)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+
+    fn codec() -> Arc<Codec> {
+        Codec::new().unwrap()
+    }
+
+    fn placed() -> OrderEvent {
+        OrderEvent {
+            event_id: "e-1".into(),
+            order_id: "o-1".into(),
+            occurred_at: 1_700_000_000_000,
+            body: OrderBody::OrderPlaced(OrderPlaced {
+                user_id: "u".into(),
+                cart_id: "c".into(),
+                currency: "EUR".into(),
+                lines: vec![OrderLine {
+                    sku: "s-1".into(),
+                    quantity: 2,
+                    unit_price_minor: 999,
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn fingerprint_matches_the_avro_spec_for_null() {
+        // The Avro specification's CRC-64-AVRO of the canonical form "null".
+        let schema = Schema::parse_str("\"null\"").unwrap();
+        assert_eq!(
+            u64::from_le_bytes(fingerprint(&schema)),
+            0x63dd_24e7_cc25_8f8a
+        );
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        let c = codec();
+        let e = placed();
+        assert_eq!(c.decode::<OrderEvent>(&c.encode(&e).unwrap()).unwrap(), e);
+        let p = PaymentEvent {
+            event_id: "p".into(),
+            order_id: "o".into(),
+            payment_id: "pay".into(),
+            occurred_at: 5,
+            body: PaymentBody::PaymentFailed(PaymentFailed {
+                reason: "card".into(),
+            }),
+        };
+        assert_eq!(c.decode::<PaymentEvent>(&c.encode(&p).unwrap()).unwrap(), p);
+        let l = LogisticsEvent {
+            event_id: "l".into(),
+            order_id: "o".into(),
+            shipment_id: "sh".into(),
+            occurred_at: 9,
+            status: TrackingCode::OUT_FOR_DELIVERY,
+            location: Some("Lyon".into()),
+            detail: None,
+        };
+        assert_eq!(
+            c.decode::<LogisticsEvent>(&c.encode(&l).unwrap()).unwrap(),
+            l
+        );
+        let a = OversellAlert {
+            event_id: "a".into(),
+            sku: "s".into(),
+            kind: AlertKind::NEGATIVE_AVAILABLE,
+            order_id: None,
+            requested: 0,
+            available: -3,
+            on_hand: 1,
+            reserved: 4,
+            occurred_at: 7,
+        };
+        assert_eq!(
+            c.decode::<OversellAlert>(&c.encode(&a).unwrap()).unwrap(),
+            a
+        );
+        let w = Watermark {
+            source_partition: 3,
+            stream_time: 42,
+            end_of_input: true,
+        };
+        let bytes = c.encode(&w).unwrap();
+        assert_eq!(c.kind_of(&bytes).unwrap(), RecordKind::Watermark);
+        assert_eq!(c.decode::<Watermark>(&bytes).unwrap(), w);
+    }
+
+    #[test]
+    fn header_is_magic_then_little_endian_fingerprint() {
+        let c = codec();
+        let bytes = c.encode(&placed()).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        let schema = Schema::parse_str(RecordKind::OrderEvent.schema_text()).unwrap();
+        assert_eq!(&bytes[2..10], &fingerprint(&schema));
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_not_panics() {
+        let c = codec();
+        let good = c.encode(&placed()).unwrap();
+        for cut in 0..good.len() {
+            assert!(c.decode::<OrderEvent>(&good[..cut]).is_err(), "cut {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(matches!(
+            c.decode::<OrderEvent>(&trailing),
+            Err(DecodeError::Decode(_))
+        ));
+        let mut wrong_fp = good.clone();
+        wrong_fp[5] ^= 0xff;
+        assert!(matches!(
+            c.decode::<OrderEvent>(&wrong_fp),
+            Err(DecodeError::UnknownSchema(_))
+        ));
+        let payment_bytes = c
+            .encode(&PaymentEvent {
+                event_id: "p".into(),
+                order_id: "o".into(),
+                payment_id: "x".into(),
+                occurred_at: 1,
+                body: PaymentBody::PaymentCaptured(PaymentCaptured {
+                    amount_minor: 1,
+                    currency: "EUR".into(),
+                }),
+            })
+            .unwrap();
+        assert!(matches!(
+            c.decode::<OrderEvent>(&payment_bytes),
+            Err(DecodeError::UnknownSchema(_))
+        ));
+        // Union branch 7 does not exist.
+        let mut bad_branch = good.clone();
+        let branch_at = 10 + 1 + 3 + 1 + 3 + 6; // strings "e-1", "o-1", then the zigzag long
+        bad_branch[branch_at] = 14;
+        assert!(c.decode::<OrderEvent>(&bad_branch).is_err());
+    }
+
+    #[test]
+    fn an_evolved_writer_schema_with_an_added_optional_field_is_resolved() {
+        let evolved = RecordKind::PaymentEvent.schema_text().replacen(
+            r#"{"name": "payment_id", "type": "string"},"#,
+            r#"{"name": "payment_id", "type": "string"}, {"name": "channel", "type": ["null", "string"], "default": null},"#,
+            1,
+        );
+        assert_ne!(evolved, RecordKind::PaymentEvent.schema_text());
+        let c = Codec::with_writer_schemas(std::slice::from_ref(&evolved)).unwrap();
+        let writer = Schema::parse_str(&evolved).unwrap();
+        let mut record = apache_avro::types::Record::new(&writer).unwrap();
+        record.put("event_id", "p-9");
+        record.put("order_id", "o-9");
+        record.put("payment_id", "pay-9");
+        record.put(
+            "channel",
+            apache_avro::types::Value::Union(1, Box::new("web".into())),
+        );
+        record.put(
+            "occurred_at",
+            apache_avro::types::Value::TimestampMillis(77),
+        );
+        record.put(
+            "body",
+            apache_avro::types::Value::Union(
+                1,
+                Box::new(apache_avro::types::Value::Record(vec![(
+                    "reason".into(),
+                    "declined".into(),
+                )])),
+            ),
+        );
+        let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
+        bytes.extend_from_slice(&fingerprint(&writer));
+        bytes.extend(
+            GenericDatumWriter::builder(&writer)
+                .build()
+                .unwrap()
+                .write_value_to_vec(record)
+                .unwrap(),
+        );
+        let read = c.decode::<PaymentEvent>(&bytes).unwrap();
+        assert_eq!(read.order_id, "o-9");
+        assert_eq!(read.occurred_at, 77);
+        assert_eq!(
+            read.body,
+            PaymentBody::PaymentFailed(PaymentFailed {
+                reason: "declined".into()
+            })
+        );
+    }
+}
