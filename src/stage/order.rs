@@ -1,0 +1,744 @@
+//! An order-stage task: partition p of `orders`, `payments` and `logistics`. It owns order,
+//! tracking and orphan state, the reservation timers and the task's stream time, and turns
+//! each record into state changes, outputs and SKU commands for the SKU stage.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{AvroRecord, Codec, DecodeError};
+use crate::config::Config;
+use crate::event::{
+    LogisticsEvent, Millis, OrderBody, OrderEvent, PaymentBody, PaymentEvent, SkuCommand, Watermark,
+};
+use crate::fold::order::{self as rules, Order, OrderStatus};
+use crate::fold::tracking::{self, Tracking};
+use crate::fold::Ignored;
+use crate::merge::{self, Head, Next};
+use crate::sink::{dead_letter, DeadLetterReason, Origin, OutRecord, OutTopic, Route};
+use crate::stage::{Accounting, Buffered, Dedup, TaskError};
+use crate::state::{key, StateOptions, Store, TaskDb};
+use crate::validate;
+
+/// Input ranks: the merge's tie-breaker and the index of every per-input array.
+pub const ORDERS: usize = 0;
+pub const PAYMENTS: usize = 1;
+pub const LOGISTICS: usize = 2;
+pub const INPUTS: usize = 3;
+
+/// A decoded, valid input of the order stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderInput {
+    Order(OrderEvent),
+    Payment(PaymentEvent),
+    Scan(LogisticsEvent),
+}
+
+impl OrderInput {
+    pub fn occurred_at(&self) -> Millis {
+        match self {
+            OrderInput::Order(e) => e.occurred_at,
+            OrderInput::Payment(e) => e.occurred_at,
+            OrderInput::Scan(e) => e.occurred_at,
+        }
+    }
+
+    pub fn event_id(&self) -> &str {
+        match self {
+            OrderInput::Order(e) => &e.event_id,
+            OrderInput::Payment(e) => &e.event_id,
+            OrderInput::Scan(e) => &e.event_id,
+        }
+    }
+}
+
+/// Decodes and validates one record of input `rank`.
+pub fn decode_input(
+    codec: &Codec,
+    rank: usize,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<OrderInput, (DeadLetterReason, String)> {
+    fn read<T: AvroRecord>(
+        codec: &Codec,
+        value: Option<&[u8]>,
+    ) -> Result<T, (DeadLetterReason, String)> {
+        let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
+        codec.decode::<T>(bytes).map_err(|e| match e {
+            DecodeError::Decode(d) => (DeadLetterReason::Decode, d),
+            DecodeError::UnknownSchema(d) => (DeadLetterReason::Schema, d),
+        })
+    }
+    let invalid = |v: String| (DeadLetterReason::Validation, v);
+    match rank {
+        ORDERS => {
+            let e: OrderEvent = read(codec, value)?;
+            validate::order(key, &e).map_err(invalid)?;
+            Ok(OrderInput::Order(e))
+        }
+        PAYMENTS => {
+            let e: PaymentEvent = read(codec, value)?;
+            validate::payment(key, &e).map_err(invalid)?;
+            Ok(OrderInput::Payment(e))
+        }
+        _ => {
+            let e: LogisticsEvent = read(codec, value)?;
+            validate::logistics(key, &e).map_err(invalid)?;
+            Ok(OrderInput::Scan(e))
+        }
+    }
+}
+
+/// What orderfold knows about one order id: the order (absent for tracking-only ids) and its
+/// tracking (absent before the first scan). Both `inspect` and `simulate` show this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub order: Option<Order>,
+    pub tracking: Option<Tracking>,
+}
+
+/// A valid record being processed, or parked until its order's OrderPlaced arrives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Parked {
+    parked_at: Millis,
+    rank: usize,
+    origin: Origin,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    event: OrderInput,
+}
+
+/// What the task commits beside its stores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderMeta {
+    /// Offset of the next record to process, per input rank.
+    pub next_offsets: [i64; INPUTS],
+    pub stream_time: Millis,
+    pub end_of_input: bool,
+    pub accounting: [Accounting; INPUTS],
+    pub expiries: u64,
+    pub tracking_updates: u64,
+    pub commands: u64,
+    /// The last watermark sent: `(stream time, end of input)`. Committed, so a reopened task
+    /// does not send it again (a crash before the commit does, harmlessly).
+    pub published_watermark: Option<(Millis, bool)>,
+}
+
+impl Default for OrderMeta {
+    fn default() -> Self {
+        OrderMeta {
+            next_offsets: [0; INPUTS],
+            stream_time: Millis::MIN,
+            end_of_input: false,
+            accounting: Default::default(),
+            expiries: 0,
+            tracking_updates: 0,
+            commands: 0,
+            published_watermark: None,
+        }
+    }
+}
+
+const META_KEY: &[u8] = b"order-task";
+const TIMER_RESERVATION: u8 = 0;
+const TIMER_ORPHAN: u8 = 1;
+
+fn timer_key(at: Millis, kind: u8, order_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + order_id.len());
+    key::push_time(&mut k, at);
+    k.push(kind);
+    k.extend_from_slice(order_id.as_bytes());
+    k
+}
+
+/// One order-stage task.
+pub struct OrderTask {
+    partition: u32,
+    topics: [String; INPUTS],
+    db: TaskDb,
+    codec: Arc<Codec>,
+    reservation_ttl_ms: Millis,
+    orphan_ttl_ms: Millis,
+    dedup: Dedup,
+    buffer_records_max: usize,
+    meta: OrderMeta,
+    buffers: [VecDeque<Buffered<OrderInput>>; INPUTS],
+    /// Every timer key, mirrored from the `timers` store so the earliest is known at once.
+    timers: BTreeSet<Vec<u8>>,
+    scratch: Vec<SkuCommand>,
+}
+
+impl OrderTask {
+    /// Opens the task's state in `dir`, resuming from its committed offsets.
+    pub fn open(
+        dir: &Path,
+        partition: u32,
+        topics: [String; INPUTS],
+        codec: Arc<Codec>,
+        config: &Config,
+    ) -> Result<OrderTask, TaskError> {
+        let opts = StateOptions {
+            sync_commits: config.state.sync_commits,
+            ..StateOptions::default()
+        };
+        let db = TaskDb::open(dir, &Store::ORDER_STAGE, &opts)?;
+        let meta = db
+            .get::<OrderMeta>(Store::Meta, META_KEY)?
+            .unwrap_or_default();
+        let timers = db
+            .scan_prefix(Store::Timers, &[])?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        Ok(OrderTask {
+            partition,
+            topics,
+            db,
+            codec,
+            reservation_ttl_ms: config.rules.reservation_ttl_ms,
+            orphan_ttl_ms: config.rules.orphan_ttl_ms,
+            dedup: Dedup {
+                retention_ms: config.rules.dedup_retention_ms,
+                purge_per_commit_max: config.limits.dedup_purge_per_commit_max,
+            },
+            buffer_records_max: config.limits.buffer_records_max,
+            meta,
+            buffers: Default::default(),
+            timers,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    pub fn meta(&self) -> &OrderMeta {
+        &self.meta
+    }
+
+    /// Where to resume input `rank`: after the last record processed (committed or not).
+    pub fn next_offset(&self, rank: usize) -> i64 {
+        self.meta.next_offsets[rank]
+    }
+
+    pub fn buffered(&self, rank: usize) -> usize {
+        self.buffers[rank].len()
+    }
+
+    /// True when input `rank`'s buffer is at its limit: the caller pauses the partition.
+    pub fn is_full(&self, rank: usize) -> bool {
+        self.buffers[rank].len() >= self.buffer_records_max
+    }
+
+    /// Buffers one consumed record of input `rank`. `origin_offset` is what its dead letter
+    /// would report (the partition offset in Kafka; the input line's index in the driver).
+    pub fn push(
+        &mut self,
+        rank: usize,
+        offset: i64,
+        origin_offset: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) {
+        let decoded = decode_input(&self.codec, rank, key.as_deref(), value.as_deref());
+        self.buffers[rank].push_back(Buffered {
+            offset,
+            origin: Origin {
+                topic: self.topics[rank].clone(),
+                partition: self.partition,
+                offset: origin_offset,
+            },
+            key,
+            value,
+            decoded,
+        });
+    }
+
+    fn head(&self, rank: usize, caught_up: bool) -> Head {
+        match self.buffers[rank].front() {
+            None => Head::Empty { caught_up },
+            Some(b) => match &b.decoded {
+                Ok(e) => Head::Event {
+                    occurred_at: e.occurred_at(),
+                },
+                Err(_) => Head::DeadLetter,
+            },
+        }
+    }
+
+    /// Processes up to `max_records` buffered records in merge order. `caught_up[rank]` says
+    /// that input is at its last known end, so the merge need not wait for it. Returns how
+    /// many records were processed.
+    pub fn run(
+        &mut self,
+        caught_up: [bool; INPUTS],
+        max_records: usize,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<usize, TaskError> {
+        let mut processed = 0;
+        while processed < max_records {
+            let heads = [
+                self.head(ORDERS, caught_up[ORDERS]),
+                self.head(PAYMENTS, caught_up[PAYMENTS]),
+                self.head(LOGISTICS, caught_up[LOGISTICS]),
+            ];
+            let rank = match merge::next_order_stage(&heads) {
+                Next::Wait => break,
+                Next::DeadLetter(rank) | Next::Record(rank) => rank,
+            };
+            let Some(record) = self.buffers[rank].pop_front() else {
+                break;
+            };
+            self.meta.next_offsets[rank] = record.offset + 1;
+            self.meta.accounting[rank].consumed += 1;
+            match record.decoded {
+                Err((reason, detail)) => {
+                    self.meta.accounting[rank].count_dead_letter(reason);
+                    out.push(dead_letter(
+                        reason,
+                        &detail,
+                        &record.origin,
+                        record.key,
+                        record.value,
+                    ));
+                }
+                Ok(event) => {
+                    let parked = Parked {
+                        parked_at: 0,
+                        rank,
+                        origin: record.origin,
+                        key: record.key,
+                        value: record.value,
+                        event,
+                    };
+                    self.process(parked, out)?;
+                }
+            }
+            processed += 1;
+        }
+        Ok(processed)
+    }
+
+    /// One valid record: fire what is due before it, move stream time, dedup, then fold.
+    fn process(&mut self, mut record: Parked, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        let occurred_at = record.event.occurred_at();
+        self.fire_due(occurred_at, out)?;
+        self.meta.stream_time = self.meta.stream_time.max(occurred_at);
+        let rank = record.rank;
+        if self.dedup.is_duplicate(
+            &mut self.db,
+            rank as u8,
+            record.event.event_id(),
+            self.meta.stream_time,
+        )? {
+            self.meta.accounting[rank].duplicates += 1;
+            return Ok(());
+        }
+        let order_id = match &record.event {
+            OrderInput::Scan(scan) => return self.on_scan(scan, out),
+            OrderInput::Order(OrderEvent {
+                body: OrderBody::OrderPlaced(_),
+                ..
+            }) => return self.on_placed(record, out),
+            OrderInput::Order(e) => e.order_id.clone(),
+            OrderInput::Payment(e) => e.order_id.clone(),
+        };
+        match self.db.get::<Order>(Store::Orders, order_id.as_bytes())? {
+            Some(mut order) => {
+                let stamp = self.meta.stream_time;
+                self.update(&mut order, &record, stamp, out)?;
+                self.db.put(Store::Orders, order_id.into_bytes(), &order)?;
+            }
+            None => {
+                record.parked_at = self.meta.stream_time;
+                self.park(record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a payment or cancel to a known order and counts the outcome.
+    fn update(
+        &mut self,
+        order: &mut Order,
+        record: &Parked,
+        stamp: Millis,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), TaskError> {
+        let was_pending = order.status == OrderStatus::PENDING_PAYMENT;
+        let mut commands = std::mem::take(&mut self.scratch);
+        let result = match &record.event {
+            OrderInput::Payment(p) => match &p.body {
+                PaymentBody::PaymentCaptured(_) => {
+                    rules::capture(order, &p.event_id, stamp, &mut commands)
+                }
+                PaymentBody::PaymentFailed(_) => {
+                    rules::fail(order, &p.event_id, stamp, &mut commands)
+                }
+            },
+            OrderInput::Order(e) => {
+                let shipped = self
+                    .db
+                    .get::<Tracking>(Store::Tracking, e.order_id.as_bytes())?
+                    .is_some_and(|t| t.is_shipped());
+                rules::cancel(order, &e.event_id, shipped, stamp, &mut commands)
+            }
+            // Scans and placements never reach here.
+            OrderInput::Scan(_) => Ok(()),
+        };
+        self.count(record.rank, result);
+        if was_pending && order.status != OrderStatus::PENDING_PAYMENT {
+            self.remove_timer(timer_key(
+                order.deadline,
+                TIMER_RESERVATION,
+                &order.order_id,
+            ))?;
+        }
+        self.emit_commands(&mut commands, out)?;
+        self.scratch = commands;
+        Ok(())
+    }
+
+    fn count(&mut self, rank: usize, result: Result<(), Ignored>) {
+        match result {
+            Ok(()) => self.meta.accounting[rank].applied += 1,
+            Err(why) => self.meta.accounting[rank].count_ignored(why),
+        }
+    }
+
+    fn on_placed(&mut self, record: Parked, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        let OrderInput::Order(
+            event @ OrderEvent {
+                order_id,
+                body: OrderBody::OrderPlaced(placed),
+                ..
+            },
+        ) = &record.event
+        else {
+            return Ok(());
+        };
+        let existing = self.db.get::<Order>(Store::Orders, order_id.as_bytes())?;
+        let stamp = self.meta.stream_time;
+        let mut commands = std::mem::take(&mut self.scratch);
+        let placed = rules::place(
+            existing.as_ref(),
+            event,
+            placed,
+            self.reservation_ttl_ms,
+            stamp,
+            &mut commands,
+        );
+        self.emit_commands(&mut commands, out)?;
+        self.scratch = commands;
+        let mut order = match placed {
+            Ok(order) => order,
+            Err(why) => {
+                self.meta.accounting[ORDERS].count_ignored(why);
+                return Ok(());
+            }
+        };
+        self.meta.accounting[ORDERS].applied += 1;
+        self.add_timer(timer_key(order.deadline, TIMER_RESERVATION, order_id))?;
+        // Events that arrived before their order are applied right after it, in park order.
+        if let Some(parked) = self
+            .db
+            .get::<Vec<Parked>>(Store::Orphans, order_id.as_bytes())?
+        {
+            self.db
+                .delete(Store::Orphans, order_id.as_bytes().to_vec())?;
+            for p in &parked {
+                self.remove_timer(timer_key(
+                    p.parked_at.saturating_add(self.orphan_ttl_ms),
+                    TIMER_ORPHAN,
+                    order_id,
+                ))?;
+                let acc = &mut self.meta.accounting[p.rank];
+                acc.parked = acc.parked.saturating_sub(1);
+                self.update(&mut order, p, stamp, out)?;
+            }
+        }
+        self.db
+            .put(Store::Orders, order_id.as_bytes().to_vec(), &order)?;
+        Ok(())
+    }
+
+    fn park(&mut self, record: Parked) -> Result<(), TaskError> {
+        let order_id = match &record.event {
+            OrderInput::Order(e) => e.order_id.clone(),
+            OrderInput::Payment(e) => e.order_id.clone(),
+            OrderInput::Scan(e) => e.order_id.clone(),
+        };
+        let mut parked = self
+            .db
+            .get::<Vec<Parked>>(Store::Orphans, order_id.as_bytes())?
+            .unwrap_or_default();
+        self.meta.accounting[record.rank].parked += 1;
+        self.add_timer(timer_key(
+            record.parked_at.saturating_add(self.orphan_ttl_ms),
+            TIMER_ORPHAN,
+            &order_id,
+        ))?;
+        parked.push(record);
+        self.db
+            .put(Store::Orphans, order_id.into_bytes(), &parked)?;
+        Ok(())
+    }
+
+    fn on_scan(
+        &mut self,
+        scan: &LogisticsEvent,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), TaskError> {
+        let current = self
+            .db
+            .get::<Tracking>(Store::Tracking, scan.order_id.as_bytes())?;
+        match tracking::scan(current.as_ref(), scan) {
+            Ok((next, emitted)) => {
+                self.meta.accounting[LOGISTICS].applied += 1;
+                self.db
+                    .put(Store::Tracking, scan.order_id.as_bytes().to_vec(), &next)?;
+                if let Some(status) = emitted {
+                    self.meta.tracking_updates += 1;
+                    let value = self.codec.encode(&status)?;
+                    out.push(OutRecord::keyed(
+                        OutTopic::TrackingStatus,
+                        &status.order_id,
+                        value,
+                        scan.occurred_at,
+                    ));
+                }
+            }
+            Err(why) => self.meta.accounting[LOGISTICS].count_ignored(why),
+        }
+        Ok(())
+    }
+
+    fn add_timer(&mut self, k: Vec<u8>) -> Result<(), TaskError> {
+        self.db.put_raw(Store::Timers, k.clone(), Vec::new())?;
+        self.timers.insert(k);
+        Ok(())
+    }
+
+    fn remove_timer(&mut self, k: Vec<u8>) -> Result<(), TaskError> {
+        if self.timers.remove(&k) {
+            self.db.delete(Store::Timers, k)?;
+        }
+        Ok(())
+    }
+
+    /// Fires every timer due before an event at `t` (instant D is due when D < t), in
+    /// `(D, kind, order_id)` order: reservation timers before orphan expiries at the same D.
+    fn fire_due(&mut self, t: Millis, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        while let Some(first) = self.timers.first() {
+            let Some(at) = key::read_time(first) else {
+                break;
+            };
+            if at >= t {
+                break;
+            }
+            let Some(k) = self.timers.pop_first() else {
+                break;
+            };
+            self.db.delete(Store::Timers, k.clone())?;
+            let kind = k.get(8).copied().unwrap_or(TIMER_RESERVATION);
+            let order_id = String::from_utf8_lossy(k.get(9..).unwrap_or_default()).into_owned();
+            if kind == TIMER_RESERVATION {
+                self.expire(&order_id, out)?;
+            } else {
+                self.expire_orphans(&order_id, at, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, order_id: &str, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        let Some(mut order) = self.db.get::<Order>(Store::Orders, order_id.as_bytes())? else {
+            return Ok(());
+        };
+        let mut commands = std::mem::take(&mut self.scratch);
+        if let Some(expired) = rules::expire(&mut order, self.meta.stream_time, &mut commands) {
+            self.meta.expiries += 1;
+            let value = self.codec.encode(&expired)?;
+            out.push(OutRecord::keyed(
+                OutTopic::ReservationExpiry,
+                order_id,
+                value,
+                expired.expired_at,
+            ));
+            self.db
+                .put(Store::Orders, order_id.as_bytes().to_vec(), &order)?;
+        }
+        self.emit_commands(&mut commands, out)?;
+        self.scratch = commands;
+        Ok(())
+    }
+
+    fn expire_orphans(
+        &mut self,
+        order_id: &str,
+        at: Millis,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), TaskError> {
+        let Some(parked) = self
+            .db
+            .get::<Vec<Parked>>(Store::Orphans, order_id.as_bytes())?
+        else {
+            return Ok(());
+        };
+        let (expired, kept): (Vec<Parked>, Vec<Parked>) = parked
+            .into_iter()
+            .partition(|p| p.parked_at.saturating_add(self.orphan_ttl_ms) <= at);
+        for p in expired {
+            let acc = &mut self.meta.accounting[p.rank];
+            acc.parked = acc.parked.saturating_sub(1);
+            acc.count_dead_letter(DeadLetterReason::Orphan);
+            let detail = format!(
+                "no OrderPlaced for order {order_id} within orphan_ttl_ms {} of stream time",
+                self.orphan_ttl_ms
+            );
+            out.push(dead_letter(
+                DeadLetterReason::Orphan,
+                &detail,
+                &p.origin,
+                p.key,
+                p.value,
+            ));
+        }
+        if kept.is_empty() {
+            self.db
+                .delete(Store::Orphans, order_id.as_bytes().to_vec())?;
+        } else {
+            self.db
+                .put(Store::Orphans, order_id.as_bytes().to_vec(), &kept)?;
+        }
+        Ok(())
+    }
+
+    fn emit_commands(
+        &mut self,
+        commands: &mut Vec<SkuCommand>,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), TaskError> {
+        for cmd in commands.drain(..) {
+            self.meta.commands += 1;
+            let value = self.codec.encode(&cmd)?;
+            out.push(OutRecord::keyed(
+                OutTopic::SkuCommands,
+                &cmd.sku,
+                value,
+                cmd.occurred_at,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves stream time to `t` with no record: fires what is due before `t` first. Used by a
+    /// bounded run's end and by live mode's wall-clock advance of an idle task.
+    pub fn advance_to(&mut self, t: Millis, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        self.fire_due(t, out)?;
+        self.meta.stream_time = self.meta.stream_time.max(t);
+        Ok(())
+    }
+
+    /// Ends a bounded run at `end` (the largest valid occurred_at of all inputs): what is due
+    /// before it fires, and the next watermark tells the SKU stage no more commands will come.
+    pub fn finish(&mut self, end: Millis, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        self.advance_to(end, out)?;
+        self.meta.end_of_input = true;
+        Ok(())
+    }
+
+    /// The work a commit does before the outputs are delivered: drops expired dedup ids and
+    /// adds the watermark record, if it moved, behind the batch's commands.
+    pub fn prepare_commit(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        self.dedup.purge(&mut self.db, self.meta.stream_time)?;
+        let mark = (self.meta.stream_time, self.meta.end_of_input);
+        if self.meta.published_watermark != Some(mark) {
+            let watermark = Watermark {
+                source_partition: self.partition as i32,
+                stream_time: mark.0,
+                end_of_input: mark.1,
+            };
+            out.push(OutRecord {
+                topic: OutTopic::SkuCommands,
+                route: Route::EveryPartition,
+                key: None,
+                value: Some(self.codec.encode(&watermark)?),
+                headers: Vec::new(),
+                cause_time: None,
+            });
+            self.meta.published_watermark = Some(mark);
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's state changes and the task's offsets in one atomic WriteBatch.
+    /// Call only once the batch's outputs are acknowledged.
+    pub fn commit(&mut self) -> Result<(), TaskError> {
+        Ok(self.db.commit_with_meta(META_KEY, &self.meta)?)
+    }
+
+    /// Drops uncommitted work, as a crash would; the next read resumes from the last commit.
+    pub fn discard(&mut self) -> Result<(), TaskError> {
+        self.db.discard();
+        self.meta = self
+            .db
+            .get::<OrderMeta>(Store::Meta, META_KEY)?
+            .unwrap_or_default();
+        self.timers = self
+            .db
+            .scan_prefix(Store::Timers, &[])?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for b in &mut self.buffers {
+            b.clear();
+        }
+        Ok(())
+    }
+
+    pub fn order(&self, order_id: &str) -> Result<Option<Order>, TaskError> {
+        Ok(self.db.get(Store::Orders, order_id.as_bytes())?)
+    }
+
+    pub fn tracking(&self, order_id: &str) -> Result<Option<Tracking>, TaskError> {
+        Ok(self.db.get(Store::Tracking, order_id.as_bytes())?)
+    }
+
+    /// Every order with its tracking, in order_id order.
+    pub fn orders(&self) -> Result<Vec<OrderView>, TaskError> {
+        let mut all: std::collections::BTreeMap<String, (Option<Order>, Option<Tracking>)> =
+            Default::default();
+        for (k, order) in self.db.scan_typed::<Order>(Store::Orders, &[])? {
+            all.entry(String::from_utf8_lossy(&k).into_owned())
+                .or_default()
+                .0 = Some(order);
+        }
+        for (k, t) in self.db.scan_typed::<Tracking>(Store::Tracking, &[])? {
+            all.entry(String::from_utf8_lossy(&k).into_owned())
+                .or_default()
+                .1 = Some(t);
+        }
+        Ok(all
+            .into_iter()
+            .map(|(order_id, (order, tracking))| OrderView {
+                order_id,
+                order,
+                tracking,
+            })
+            .collect())
+    }
+
+    /// Order ids with events still parked, and how many.
+    pub fn parked(&self) -> Result<Vec<(String, usize)>, TaskError> {
+        let mut out = Vec::new();
+        for (k, parked) in self.db.scan_typed::<Vec<Parked>>(Store::Orphans, &[])? {
+            out.push((String::from_utf8_lossy(&k).into_owned(), parked.len()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,532 @@
+//! A SKU-stage task: partition p of `inventory` and `<app>.sku-commands`. It owns SKU totals,
+//! reservations, the commands waiting for the order stage's watermark, and the order in which
+//! they are applied: first come, first served by event time, not by arrival.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Codec, DecodeError, RecordKind};
+use crate::config::Config;
+use crate::event::{AlertKind, InventoryEvent, Millis, OversellAlert, SkuCommand, Watermark};
+use crate::fold::sku::{self as rules, Reservation, Sku};
+use crate::merge::{self, SkuNext};
+use crate::sink::{dead_letter, DeadLetterReason, Origin, OutRecord, OutTopic};
+use crate::stage::{Accounting, Buffered, Dedup, TaskError};
+use crate::state::{key, StateOptions, Store, TaskDb};
+use crate::validate;
+
+pub const INVENTORY: usize = 0;
+pub const COMMANDS: usize = 1;
+pub const INPUTS: usize = 2;
+
+/// A record of the repartition topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkuStageRecord {
+    Command(SkuCommand),
+    Watermark(Watermark),
+}
+
+fn decode_error(e: DecodeError) -> (DeadLetterReason, String) {
+    match e {
+        DecodeError::Decode(d) => (DeadLetterReason::Decode, d),
+        DecodeError::UnknownSchema(d) => (DeadLetterReason::Schema, d),
+    }
+}
+
+pub fn decode_inventory(
+    codec: &Codec,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<InventoryEvent, (DeadLetterReason, String)> {
+    let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
+    let e: InventoryEvent = codec.decode(bytes).map_err(decode_error)?;
+    validate::inventory(key, &e).map_err(|v| (DeadLetterReason::Validation, v))?;
+    Ok(e)
+}
+
+pub fn decode_command(
+    codec: &Codec,
+    value: Option<&[u8]>,
+) -> Result<SkuStageRecord, (DeadLetterReason, String)> {
+    let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
+    match codec.kind_of(bytes).map_err(decode_error)? {
+        RecordKind::Watermark => Ok(SkuStageRecord::Watermark(
+            codec.decode(bytes).map_err(decode_error)?,
+        )),
+        _ => Ok(SkuStageRecord::Command(
+            codec.decode(bytes).map_err(decode_error)?,
+        )),
+    }
+}
+
+/// The key of a pending command: its place in the SKU stage's application order.
+fn pending_key(cmd: &SkuCommand) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + cmd.order_id.len() + cmd.sku.len());
+    key::push_time(&mut k, cmd.occurred_at);
+    key::push_str(&mut k, &cmd.order_id);
+    key::push_str(&mut k, &cmd.sku);
+    k.extend_from_slice(&((cmd.sequence as u32) ^ (1 << 31)).to_be_bytes());
+    k
+}
+
+fn reservation_key(sku: &str, order_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + sku.len() + order_id.len());
+    key::push_str(&mut k, sku);
+    k.extend_from_slice(order_id.as_bytes());
+    k
+}
+
+/// What the task commits beside its stores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkuMeta {
+    pub next_offsets: [i64; INPUTS],
+    /// Largest occurred_at applied; dedup retention counts in it.
+    pub stream_time: Millis,
+    /// Latest watermark per order partition: (stream time, end of input).
+    pub watermarks: BTreeMap<u32, (Millis, bool)>,
+    /// For `COMMANDS`, `parked` counts commands waiting for the watermark.
+    pub accounting: [Accounting; INPUTS],
+    pub alerts: BTreeMap<String, u64>,
+    /// Commands that arrived behind the watermark (late data) and were applied at once.
+    pub late_commands: u64,
+    /// Commands applied ahead of the watermark because `pending_commands_max` was reached and
+    /// nothing else could move: the overload valve that keeps a stalled order partition from
+    /// stalling every SKU.
+    pub forced_commands: u64,
+}
+
+impl Default for SkuMeta {
+    fn default() -> Self {
+        SkuMeta {
+            next_offsets: [0; INPUTS],
+            stream_time: Millis::MIN,
+            watermarks: BTreeMap::new(),
+            accounting: Default::default(),
+            alerts: BTreeMap::new(),
+            late_commands: 0,
+            forced_commands: 0,
+        }
+    }
+}
+
+const META_KEY: &[u8] = b"sku-task";
+
+/// A SKU with its stock numbers and reservations, as `inspect` and `simulate` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuView {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+    pub on_hand_by_warehouse: BTreeMap<String, i64>,
+    pub net_sold: i64,
+    pub reservations: BTreeMap<String, Reservation>,
+}
+
+/// One SKU-stage task.
+pub struct SkuTask {
+    partition: u32,
+    topics: [String; INPUTS],
+    order_partitions: u32,
+    db: TaskDb,
+    codec: Arc<Codec>,
+    dedup: Dedup,
+    buffer_records_max: usize,
+    pending_commands_max: usize,
+    meta: SkuMeta,
+    inventory: VecDeque<Buffered<InventoryEvent>>,
+    commands: VecDeque<Buffered<SkuStageRecord>>,
+    /// Mirror of the `pending` store, in application order.
+    pending: BTreeMap<Vec<u8>, SkuCommand>,
+}
+
+impl SkuTask {
+    /// Opens the task's state in `dir`. `order_partitions` is how many order tasks send
+    /// watermarks; commands wait until every one of them has.
+    pub fn open(
+        dir: &Path,
+        partition: u32,
+        topics: [String; INPUTS],
+        order_partitions: u32,
+        codec: Arc<Codec>,
+        config: &Config,
+    ) -> Result<SkuTask, TaskError> {
+        let opts = StateOptions {
+            sync_commits: config.state.sync_commits,
+            ..StateOptions::default()
+        };
+        let db = TaskDb::open(dir, &Store::SKU_STAGE, &opts)?;
+        let meta = db
+            .get::<SkuMeta>(Store::Meta, META_KEY)?
+            .unwrap_or_default();
+        let pending = Self::load_pending(&db)?;
+        Ok(SkuTask {
+            partition,
+            topics,
+            order_partitions,
+            db,
+            codec,
+            dedup: Dedup {
+                retention_ms: config.rules.dedup_retention_ms,
+                purge_per_commit_max: config.limits.dedup_purge_per_commit_max,
+            },
+            buffer_records_max: config.limits.buffer_records_max,
+            pending_commands_max: config.limits.pending_commands_max,
+            meta,
+            inventory: VecDeque::new(),
+            commands: VecDeque::new(),
+            pending,
+        })
+    }
+
+    fn load_pending(db: &TaskDb) -> Result<BTreeMap<Vec<u8>, SkuCommand>, TaskError> {
+        Ok(db
+            .scan_typed::<SkuCommand>(Store::Pending, &[])?
+            .into_iter()
+            .collect())
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    pub fn meta(&self) -> &SkuMeta {
+        &self.meta
+    }
+
+    pub fn next_offset(&self, input: usize) -> i64 {
+        self.meta.next_offsets[input]
+    }
+
+    pub fn buffered(&self, input: usize) -> usize {
+        if input == INVENTORY {
+            self.inventory.len()
+        } else {
+            self.commands.len()
+        }
+    }
+
+    pub fn is_full(&self, input: usize) -> bool {
+        self.buffered(input) >= self.buffer_records_max
+    }
+
+    pub fn pending_commands(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn push(
+        &mut self,
+        input: usize,
+        offset: i64,
+        origin_offset: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) {
+        let origin = Origin {
+            topic: self.topics[input].clone(),
+            partition: self.partition,
+            offset: origin_offset,
+        };
+        if input == INVENTORY {
+            let decoded = decode_inventory(&self.codec, key.as_deref(), value.as_deref());
+            self.inventory.push_back(Buffered {
+                offset,
+                origin,
+                key,
+                value,
+                decoded,
+            });
+        } else {
+            let decoded = decode_command(&self.codec, value.as_deref());
+            self.commands.push_back(Buffered {
+                offset,
+                origin,
+                key,
+                value,
+                decoded,
+            });
+        }
+    }
+
+    /// The minimum watermark over all order partitions: commands stamped below it are
+    /// complete. Until every order partition has spoken it is `Millis::MIN`.
+    pub fn watermark(&self) -> Millis {
+        if (self.meta.watermarks.len() as u32) < self.order_partitions {
+            return Millis::MIN;
+        }
+        self.meta
+            .watermarks
+            .values()
+            .map(|&(t, end)| if end { Millis::MAX } else { t })
+            .min()
+            .unwrap_or(Millis::MIN)
+    }
+
+    /// Reads the command partition into the pending set, then applies inventory records and
+    /// pending commands in SKU-stage order while they are ready. Returns records consumed or
+    /// applied (at most `max_records`).
+    pub fn run(
+        &mut self,
+        max_records: usize,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<usize, TaskError> {
+        let mut done = 0;
+        while done < max_records && self.pending.len() < self.pending_commands_max {
+            let Some(record) = self.commands.pop_front() else {
+                break;
+            };
+            self.accept_command(record, out)?;
+            done += 1;
+        }
+        while done < max_records {
+            if let Some(Buffered {
+                decoded: Err(_), ..
+            }) = self.inventory.front()
+            {
+                if let Some(record) = self.inventory.pop_front() {
+                    self.dead_letter_inventory(record, out);
+                    done += 1;
+                }
+                continue;
+            }
+            let inventory_at = self
+                .inventory
+                .front()
+                .and_then(|b| b.decoded.as_ref().ok())
+                .map(|e| e.occurred_at);
+            let command_at = self.pending.values().next().map(|c| c.occurred_at);
+            match merge::next_sku_stage(inventory_at, command_at, self.watermark()) {
+                SkuNext::Inventory => self.apply_inventory(out)?,
+                SkuNext::Command => self.apply_next_command(out)?,
+                SkuNext::Wait
+                    if self.pending.len() >= self.pending_commands_max
+                        && !self.commands.is_empty() =>
+                {
+                    self.meta.forced_commands += 1;
+                    self.apply_next_command(out)?;
+                }
+                SkuNext::Wait => break,
+            }
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    fn accept_command(
+        &mut self,
+        record: Buffered<SkuStageRecord>,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), TaskError> {
+        self.meta.next_offsets[COMMANDS] = record.offset + 1;
+        let acc = &mut self.meta.accounting[COMMANDS];
+        acc.consumed += 1;
+        match record.decoded {
+            Err((reason, detail)) => {
+                acc.count_dead_letter(reason);
+                out.push(dead_letter(
+                    reason,
+                    &detail,
+                    &record.origin,
+                    record.key,
+                    record.value,
+                ));
+            }
+            Ok(SkuStageRecord::Watermark(w)) => {
+                acc.applied += 1;
+                let entry = self
+                    .meta
+                    .watermarks
+                    .entry(w.source_partition.max(0) as u32)
+                    .or_insert((Millis::MIN, false));
+                // A replayed batch may resend an older watermark: never move backwards.
+                *entry = (entry.0.max(w.stream_time), entry.1 || w.end_of_input);
+            }
+            Ok(SkuStageRecord::Command(cmd)) => {
+                // Commands are deduplicated on arrival, before stream time reaches them: their
+                // own time is when they were first seen.
+                let now = self.meta.stream_time.max(cmd.occurred_at);
+                if self
+                    .dedup
+                    .is_duplicate(&mut self.db, COMMANDS as u8, &cmd.command_id, now)?
+                {
+                    self.meta.accounting[COMMANDS].duplicates += 1;
+                    return Ok(());
+                }
+                if cmd.occurred_at < self.watermark() {
+                    self.meta.late_commands += 1;
+                }
+                self.meta.accounting[COMMANDS].parked += 1;
+                let k = pending_key(&cmd);
+                self.db.put(Store::Pending, k.clone(), &cmd)?;
+                self.pending.insert(k, cmd);
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter_inventory(
+        &mut self,
+        record: Buffered<InventoryEvent>,
+        out: &mut Vec<OutRecord>,
+    ) {
+        self.meta.next_offsets[INVENTORY] = record.offset + 1;
+        let acc = &mut self.meta.accounting[INVENTORY];
+        acc.consumed += 1;
+        if let Err((reason, detail)) = record.decoded {
+            acc.count_dead_letter(reason);
+            out.push(dead_letter(
+                reason,
+                &detail,
+                &record.origin,
+                record.key,
+                record.value,
+            ));
+        }
+    }
+
+    fn sku(&self, sku: &str) -> Result<Sku, TaskError> {
+        Ok(self
+            .db
+            .get::<Sku>(Store::Skus, sku.as_bytes())?
+            .unwrap_or_default())
+    }
+
+    fn emit_alert(
+        &mut self,
+        alert: OversellAlert,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), TaskError> {
+        *self
+            .meta
+            .alerts
+            .entry(alert.kind.label().to_string())
+            .or_default() += 1;
+        let value = self.codec.encode(&alert)?;
+        out.push(OutRecord::keyed(
+            OutTopic::OversellAlerts,
+            &alert.sku,
+            value,
+            alert.occurred_at,
+        ));
+        Ok(())
+    }
+
+    fn apply_inventory(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        let Some(record) = self.inventory.pop_front() else {
+            return Ok(());
+        };
+        self.meta.next_offsets[INVENTORY] = record.offset + 1;
+        self.meta.accounting[INVENTORY].consumed += 1;
+        let Ok(event) = record.decoded else {
+            return Ok(());
+        };
+        self.meta.stream_time = self.meta.stream_time.max(event.occurred_at);
+        if self.dedup.is_duplicate(
+            &mut self.db,
+            INVENTORY as u8,
+            &event.event_id,
+            self.meta.stream_time,
+        )? {
+            self.meta.accounting[INVENTORY].duplicates += 1;
+            return Ok(());
+        }
+        let mut sku = self.sku(&event.sku)?;
+        let alert = rules::apply_inventory(&mut sku, &event);
+        self.db
+            .put(Store::Skus, event.sku.as_bytes().to_vec(), &sku)?;
+        self.meta.accounting[INVENTORY].applied += 1;
+        if let Some(alert) = alert {
+            self.emit_alert(alert, out)?;
+        }
+        Ok(())
+    }
+
+    fn apply_next_command(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        let Some((k, cmd)) = self.pending.pop_first() else {
+            return Ok(());
+        };
+        self.db.delete(Store::Pending, k)?;
+        self.meta.stream_time = self.meta.stream_time.max(cmd.occurred_at);
+        let rkey = reservation_key(&cmd.sku, &cmd.order_id);
+        let mut sku = self.sku(&cmd.sku)?;
+        let reservation = self.db.get::<Reservation>(Store::Reservations, &rkey)?;
+        let effect = rules::apply_command(&mut sku, reservation, &cmd);
+        if let Some(r) = effect.reservation {
+            self.db
+                .put(Store::Skus, cmd.sku.as_bytes().to_vec(), &sku)?;
+            self.db.put(Store::Reservations, rkey, &r)?;
+        }
+        let acc = &mut self.meta.accounting[COMMANDS];
+        acc.parked = acc.parked.saturating_sub(1);
+        acc.applied += 1;
+        if let Some(alert) = effect.alert {
+            self.emit_alert(alert, out)?;
+        }
+        Ok(())
+    }
+
+    /// Drops expired dedup ids; the SKU stage has nothing to send at commit.
+    pub fn prepare_commit(&mut self) -> Result<(), TaskError> {
+        self.dedup.purge(&mut self.db, self.meta.stream_time)?;
+        Ok(())
+    }
+
+    /// Writes the batch's state changes and the task's offsets in one atomic WriteBatch.
+    pub fn commit(&mut self) -> Result<(), TaskError> {
+        Ok(self.db.commit_with_meta(META_KEY, &self.meta)?)
+    }
+
+    pub fn discard(&mut self) -> Result<(), TaskError> {
+        self.db.discard();
+        self.meta = self
+            .db
+            .get::<SkuMeta>(Store::Meta, META_KEY)?
+            .unwrap_or_default();
+        self.pending = Self::load_pending(&self.db)?;
+        self.inventory.clear();
+        self.commands.clear();
+        Ok(())
+    }
+
+    /// One SKU's view, if it has any state.
+    pub fn sku_view(&self, sku: &str) -> Result<Option<SkuView>, TaskError> {
+        let Some(state) = self.db.get::<Sku>(Store::Skus, sku.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut prefix = Vec::new();
+        key::push_str(&mut prefix, sku);
+        let reservations = self
+            .db
+            .scan_typed::<Reservation>(Store::Reservations, &prefix)?
+            .into_iter()
+            .map(|(k, r)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), r))
+            .collect();
+        Ok(Some(SkuView {
+            sku: sku.to_string(),
+            on_hand: state.on_hand(),
+            reserved: state.reserved,
+            available: state.available(),
+            on_hand_by_warehouse: state.on_hand_by_warehouse,
+            net_sold: state.net_sold,
+            reservations,
+        }))
+    }
+
+    /// Every SKU's view, in sku order.
+    pub fn skus(&self) -> Result<Vec<SkuView>, TaskError> {
+        let mut out = Vec::new();
+        for (k, _) in self.db.scan_prefix(Store::Skus, &[])? {
+            if let Some(view) = self.sku_view(&String::from_utf8_lossy(&k))? {
+                out.push(view);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn alert_count(&self, kind: AlertKind) -> u64 {
+        self.meta.alerts.get(kind.label()).copied().unwrap_or(0)
+    }
+}

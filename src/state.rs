@@ -1,0 +1,452 @@
+//! A task's durable state: one RocksDB per task directory, one column family per store, and
+//! an overlay of uncommitted writes that reads see first. It owns atomicity: a commit writes
+//! every change of the batch and the task's input offsets in one WriteBatch, so the on-disk
+//! state is always the state after some whole number of batches, never part of one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A raw key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The stores. Each is a column family of the task's RocksDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Store {
+    /// Task bookkeeping: input offsets, stream time, watermarks.
+    Meta,
+    /// order_id -> Order.
+    Orders,
+    /// order_id -> Tracking.
+    Tracking,
+    /// order_id -> events parked until their OrderPlaced arrives.
+    Orphans,
+    /// (deadline, kind, order_id) -> (): reservation timers and orphan expiries by instant.
+    Timers,
+    /// (topic rank, event or command id) -> first-seen stream time.
+    Dedup,
+    /// (first-seen stream time, topic rank, id) -> (): lets a commit drop expired dedup ids.
+    DedupByTime,
+    /// sku -> Sku totals.
+    Skus,
+    /// (sku, order_id) -> Reservation.
+    Reservations,
+    /// (occurred_at, order_id, sku, sequence) -> SkuCommand: commands waiting for the watermark.
+    Pending,
+}
+
+impl Store {
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Meta => "meta",
+            Store::Orders => "orders",
+            Store::Tracking => "tracking",
+            Store::Orphans => "orphans",
+            Store::Timers => "timers",
+            Store::Dedup => "dedup",
+            Store::DedupByTime => "dedup_by_time",
+            Store::Skus => "skus",
+            Store::Reservations => "reservations",
+            Store::Pending => "pending",
+        }
+    }
+
+    pub const ORDER_STAGE: [Store; 7] = [
+        Store::Meta,
+        Store::Orders,
+        Store::Tracking,
+        Store::Orphans,
+        Store::Timers,
+        Store::Dedup,
+        Store::DedupByTime,
+    ];
+
+    pub const SKU_STAGE: [Store; 6] = [
+        Store::Meta,
+        Store::Skus,
+        Store::Reservations,
+        Store::Pending,
+        Store::Dedup,
+        Store::DedupByTime,
+    ];
+}
+
+/// What went wrong with local state. The caller stops the task: a store it cannot read or
+/// write is not something to skip past.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("store {store}: cannot decode value: {source}")]
+    Corrupt {
+        store: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("cannot encode state value: {0}")]
+    Encode(#[source] postcard::Error),
+    #[error("store {0} is not open in this task")]
+    NotOpen(&'static str),
+}
+
+/// Settings of a task's RocksDB.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    /// fsync the WAL at each commit. Off by default: the WAL survives a process crash without
+    /// it, and only a machine crash can lose the last commits, which the inputs then replay.
+    pub sync_commits: bool,
+    /// Bloom filter bits per key; most dedup reads miss, and the filter answers them in memory.
+    pub bloom_bits_per_key: f64,
+    /// Memtable size per column family.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions {
+            sync_commits: false,
+            bloom_bits_per_key: 10.0,
+            write_buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+/// One task's RocksDB with its uncommitted writes.
+pub struct TaskDb {
+    db: DB,
+    stores: Vec<Store>,
+    /// Uncommitted writes per store: Some(value) is a put, None a delete.
+    overlay: HashMap<Store, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    sync_commits: bool,
+}
+
+impl TaskDb {
+    /// Opens (creating if needed) the task's database with the given stores.
+    pub fn open(dir: &Path, stores: &[Store], opts: &StateOptions) -> Result<TaskDb, StateError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        let cfs = stores.iter().map(|s| {
+            let mut table = BlockBasedOptions::default();
+            table.set_bloom_filter(opts.bloom_bits_per_key, false);
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(opts.write_buffer_bytes);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(s.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
+        Ok(TaskDb {
+            db,
+            stores: stores.to_vec(),
+            overlay: stores.iter().map(|s| (*s, HashMap::new())).collect(),
+            sync_commits: opts.sync_commits,
+        })
+    }
+
+    fn cf(&self, store: Store) -> Result<&rocksdb::ColumnFamily, StateError> {
+        self.db
+            .cf_handle(store.name())
+            .ok_or(StateError::NotOpen(store.name()))
+    }
+
+    fn overlay_mut(
+        &mut self,
+        store: Store,
+    ) -> Result<&mut HashMap<Vec<u8>, Option<Vec<u8>>>, StateError> {
+        self.overlay
+            .get_mut(&store)
+            .ok_or(StateError::NotOpen(store.name()))
+    }
+
+    /// The value as this task sees it now, its own uncommitted writes included.
+    pub fn get_raw(&self, store: Store, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(pending) = self.overlay.get(&store).and_then(|o| o.get(key)) {
+            return Ok(pending.clone());
+        }
+        Ok(self.db.get_cf(self.cf(store)?, key)?)
+    }
+
+    pub fn put_raw(
+        &mut self,
+        store: Store,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), StateError> {
+        self.overlay_mut(store)?.insert(key, Some(value));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, store: Store, key: Vec<u8>) -> Result<(), StateError> {
+        self.overlay_mut(store)?.insert(key, None);
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        store: Store,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        match self.get_raw(store, key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                postcard::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Corrupt {
+                        store: store.name(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    pub fn put<T: Serialize>(
+        &mut self,
+        store: Store,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = postcard::to_stdvec(value).map_err(StateError::Encode)?;
+        self.put_raw(store, key, bytes)
+    }
+
+    /// Every entry of `store` whose key starts with `prefix`, in key order, as this task sees
+    /// them now. Scans the overlay linearly: meant for dumps, checks and startup, not per record.
+    pub fn scan_prefix(&self, store: Store, prefix: &[u8]) -> Result<Vec<KeyValue>, StateError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let iter = self.db.iterator_cf(
+            self.cf(store)?,
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            merged.insert(k.to_vec(), v.to_vec());
+        }
+        if let Some(overlay) = self.overlay.get(&store) {
+            for (k, v) in overlay.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                match v {
+                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    None => merged.remove(k),
+                };
+            }
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// `scan_prefix`, with values decoded.
+    pub fn scan_typed<T: DeserializeOwned>(
+        &self,
+        store: Store,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        self.scan_prefix(store, prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                postcard::from_bytes(&v)
+                    .map(|t| (k, t))
+                    .map_err(|source| StateError::Corrupt {
+                        store: store.name(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Committed entries of `store` with keys below `end`, in key order, at most `limit`.
+    /// Used to find expired dedup ids; uncommitted writes are not seen.
+    pub fn committed_below(
+        &self,
+        store: Store,
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StateError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(store)?, IteratorMode::Start) {
+            let (k, _) = item?;
+            if k.as_ref() >= end || out.len() >= limit {
+                break;
+            }
+            out.push(k.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Number of uncommitted writes.
+    pub fn uncommitted(&self) -> usize {
+        self.overlay.values().map(HashMap::len).sum()
+    }
+
+    /// Writes every uncommitted change, and whatever else the caller put in the overlay (the
+    /// task's offsets in `Meta`), in one atomic WriteBatch, then forgets the overlay.
+    pub fn commit(&mut self) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        for store in &self.stores {
+            let cf = self.cf(*store)?;
+            if let Some(overlay) = self.overlay.get(store) {
+                for (k, v) in overlay {
+                    match v {
+                        Some(v) => batch.put_cf(cf, k, v),
+                        None => batch.delete_cf(cf, k),
+                    }
+                }
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_commits);
+        self.db.write_opt(batch, &wo)?;
+        for overlay in self.overlay.values_mut() {
+            overlay.clear();
+        }
+        Ok(())
+    }
+
+    /// Commits with the task's bookkeeping (offsets, stream time, accounting) under `Meta`,
+    /// in the same WriteBatch as the state it describes.
+    pub fn commit_with_meta<T: Serialize>(
+        &mut self,
+        key: &[u8],
+        meta: &T,
+    ) -> Result<(), StateError> {
+        self.put(Store::Meta, key.to_vec(), meta)?;
+        self.commit()
+    }
+
+    /// Forgets uncommitted writes, as a crash would.
+    pub fn discard(&mut self) {
+        for overlay in self.overlay.values_mut() {
+            overlay.clear();
+        }
+    }
+}
+
+/// Order-preserving key encoding for composite keys, so that RocksDB's byte order is the
+/// tuple order. A string that is not the last component is escaped (0x00 -> 0x00 0xFF) and
+/// terminated (0x00 0x00), so "a" sorts before "ab" and a prefix scan of "a" excludes "ab".
+pub mod key {
+    use crate::event::Millis;
+
+    pub fn push_time(out: &mut Vec<u8>, t: Millis) {
+        // Flipping the sign bit makes signed big-endian sort as numbers.
+        out.extend_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
+    }
+
+    pub fn read_time(bytes: &[u8]) -> Option<Millis> {
+        let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        Some((u64::from_be_bytes(raw) ^ (1 << 63)) as i64)
+    }
+
+    pub fn push_str(out: &mut Vec<u8>, s: &str) {
+        for &b in s.as_bytes() {
+            out.push(b);
+            if b == 0 {
+                out.push(0xFF);
+            }
+        }
+        out.extend_from_slice(&[0, 0]);
+    }
+
+    /// The inverse of `push_str`: the string and the rest of the key.
+    pub fn read_str(bytes: &[u8]) -> Option<(String, &[u8])> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match (bytes[i], bytes.get(i + 1)) {
+                (0, Some(0)) => return Some((String::from_utf8(out).ok()?, &bytes[i + 2..])),
+                (0, Some(0xFF)) => {
+                    out.push(0);
+                    i += 2;
+                }
+                (0, _) => return None,
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn composite_keys_sort_as_tuples() {
+            let k = |t: i64, a: &str, b: &str| {
+                let mut v = Vec::new();
+                push_time(&mut v, t);
+                push_str(&mut v, a);
+                push_str(&mut v, b);
+                v
+            };
+            assert!(k(-5, "z", "z") < k(3, "a", "a"));
+            assert!(k(3, "a", "z") < k(3, "ab", "a"));
+            assert!(k(3, "a\0b", "a") < k(3, "a\u{1}", "a"));
+            let key = k(7, "x\0y", "q");
+            assert_eq!(read_time(&key), Some(7));
+            let (s, rest) = read_str(&key[8..]).unwrap();
+            assert_eq!(s, "x\0y");
+            assert_eq!(read_str(rest).unwrap().0, "q");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_see_uncommitted_writes_and_commit_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StateOptions::default();
+        {
+            let mut db = TaskDb::open(dir.path(), &Store::SKU_STAGE, &opts).unwrap();
+            db.put(Store::Skus, b"a".to_vec(), &5i64).unwrap();
+            assert_eq!(db.get::<i64>(Store::Skus, b"a").unwrap(), Some(5));
+            db.commit().unwrap();
+            db.delete(Store::Skus, b"a".to_vec()).unwrap();
+            assert_eq!(db.get::<i64>(Store::Skus, b"a").unwrap(), None);
+            db.put(Store::Skus, b"b".to_vec(), &6i64).unwrap();
+            // Dropped without commit: the delete and the put are lost, as in a crash.
+        }
+        let db = TaskDb::open(dir.path(), &Store::SKU_STAGE, &opts).unwrap();
+        assert_eq!(db.get::<i64>(Store::Skus, b"a").unwrap(), Some(5));
+        assert_eq!(db.get::<i64>(Store::Skus, b"b").unwrap(), None);
+        assert!(matches!(
+            db.get::<i64>(Store::Orders, b"a"),
+            Err(StateError::NotOpen("orders"))
+        ));
+    }
+
+    #[test]
+    fn scan_prefix_merges_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = TaskDb::open(dir.path(), &Store::SKU_STAGE, &StateOptions::default()).unwrap();
+        db.put(Store::Reservations, b"s1/a".to_vec(), &1i64)
+            .unwrap();
+        db.put(Store::Reservations, b"s1/b".to_vec(), &2i64)
+            .unwrap();
+        db.put(Store::Reservations, b"s2/a".to_vec(), &3i64)
+            .unwrap();
+        db.commit().unwrap();
+        db.delete(Store::Reservations, b"s1/a".to_vec()).unwrap();
+        db.put(Store::Reservations, b"s1/c".to_vec(), &4i64)
+            .unwrap();
+        let keys: Vec<_> = db
+            .scan_prefix(Store::Reservations, b"s1/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"s1/b".to_vec(), b"s1/c".to_vec()]);
+    }
+}
