@@ -1,0 +1,22 @@
+//! orderfold: an event-sourced stream processor that folds order, payment, logistics and
+//! inventory events into per-SKU and per-order state, and emits reservation expiries,
+//! tracking status and oversell alerts, deterministically on replay.
+//!
+//! The modules follow the data: `codec` (decode) → `merge` → `fold` (pure rules) → `state`
+//! → `sink`, with the `stage` tasks tying them together per partition, `driver` running a whole
+//! topology without a broker, and `config` beside them.
+
+pub mod codec;
+pub mod config;
+pub mod driver;
+pub mod event;
+pub mod fold;
+pub mod generate;
+pub mod ids;
+pub mod merge;
+pub mod partition;
+pub mod simulate;
+pub mod sink;
+pub mod stage;
+pub mod state;
+pub mod validate;
