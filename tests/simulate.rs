@@ -1,0 +1,99 @@
+//! `orderfold simulate`, run as a process on a JSON-lines log.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const T0: i64 = 1_767_225_600_000;
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn simulate_writes_outputs_state_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let placed = |id: &str, order: &str, t: i64| {
+        format!(
+            r#"{{"topic": "orders", "key": "{order}", "value": {{"event_id": "{id}", "order_id": "{order}", "occurred_at": {t}, "body": {{"type": "OrderPlaced", "user_id": "u", "cart_id": "c", "currency": "EUR", "lines": [{{"sku": "HOT", "quantity": 1, "unit_price_minor": 100}}]}}}}}}"#
+        )
+    };
+    let log = [
+        format!(r#"{{"topic": "inventory", "key": "HOT", "value": {{"event_id": "i1", "sku": "HOT", "warehouse_id": "wh", "occurred_at": {T0}, "body": {{"type": "StockReceived", "quantity": 1}}}}}}"#),
+        placed("e1", "o1", T0 + 1),
+        placed("e2", "o2", T0 + 2),
+        "this is not json".to_string(),
+        r#"{"topic": "orders", "key": "o3", "value": {"event_id": "e3", "order_id": "o3", "occurred_at": 5, "body": {"type": "Nope"}}}"#.to_string(),
+        format!(r#"{{"topic": "logistics", "key": "o1", "value": {{"event_id": "s1", "order_id": "o1", "shipment_id": "sh", "occurred_at": {}, "status": "CREATED", "location": null}}}}"#, T0 + 3),
+        format!(r#"{{"topic": "payments", "key": "o9", "value": {{"event_id": "p9", "order_id": "o9", "payment_id": "x", "occurred_at": {}, "body": {{"type": "PaymentCaptured", "amount_minor": 1, "currency": "EUR"}}}}}}"#, T0 + 4),
+        format!(r#"{{"topic": "logistics", "key": "o1", "value": {{"event_id": "s2", "order_id": "o1", "shipment_id": "sh", "occurred_at": {}, "status": "PICKED_UP", "location": "hub"}}}}"#, T0 + 400_000),
+    ];
+    std::fs::write(&input, log.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let status = Command::new(env!("CARGO_BIN_EXE_orderfold"))
+        .args(["simulate", "--input"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--partitions", "2", "--reservation-ttl-ms", "60000"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let alerts = lines(&out.join("oversell-alerts.jsonl"));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["key"], "HOT");
+    assert_eq!(alerts[0]["value"]["kind"], "RESERVATION_REJECTED");
+    assert_eq!(alerts[0]["value"]["order_id"], "o2");
+
+    // Both orders expire with a 60 s TTL once the last scan moves stream time on.
+    let expiries = lines(&out.join("reservation-expiry.jsonl"));
+    assert_eq!(expiries.len(), 2);
+    assert_eq!(expiries[0]["value"]["lines"][0]["sku"], "HOT");
+
+    assert_eq!(lines(&out.join("tracking-status.jsonl")).len(), 2);
+
+    let dlq = lines(&out.join("dlq.jsonl"));
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    let not_json = dlq.iter().find(|d| d["topic"].is_null()).unwrap();
+    assert_eq!(
+        (not_json["reason"].as_str(), not_json["offset"].as_i64()),
+        (Some("decode"), Some(3))
+    );
+    let bad_union = dlq.iter().find(|d| d["topic"] == "orders").unwrap();
+    assert_eq!(bad_union["reason"], "decode");
+    assert_eq!(bad_union["offset"], 2, "third orders record in the file");
+    assert!(
+        bad_union["detail"].as_str().unwrap().contains("Nope"),
+        "{bad_union}"
+    );
+
+    let skus = lines(&out.join("state-skus.jsonl"));
+    assert_eq!(skus.len(), 1);
+    assert_eq!(
+        (skus[0]["on_hand"].as_i64(), skus[0]["reserved"].as_i64()),
+        (Some(1), Some(0))
+    );
+    let orders = lines(&out.join("state-orders.jsonl"));
+    let o1 = orders.iter().find(|o| o["order_id"] == "o1").unwrap();
+    assert_eq!(o1["order"]["status"], "EXPIRED");
+    assert_eq!(o1["tracking"]["status"], "PICKED_UP");
+}
+
+#[test]
+fn simulate_fails_clearly_on_a_missing_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_orderfold"))
+        .args(["simulate", "--input", "/nonexistent/day.jsonl", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/day.jsonl"), "{stderr}");
+}
