@@ -19,6 +19,10 @@ use orderfold::event::{InventoryEvent, LogisticsEvent, OrderEvent, PaymentEvent}
 use orderfold::generate::{generate, WorkloadSpec};
 use orderfold::state::{StateOptions, Store, TaskDb};
 
+/// The same allocator as the `orderfold` binary, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ORDERS: usize = 40_000;
 
 fn workload() -> Vec<(&'static str, Option<String>, Vec<u8>)> {

@@ -29,10 +29,8 @@ pub enum Store {
     Orphans,
     /// (deadline, kind, order_id) -> (): reservation timers and orphan expiries by instant.
     Timers,
-    /// (topic rank, event or command id) -> first-seen stream time.
+    /// (topic rank, event id) -> first-seen stream time.
     Dedup,
-    /// (first-seen stream time, topic rank, id) -> (): lets a commit drop expired dedup ids.
-    DedupByTime,
     /// sku -> Sku totals.
     Skus,
     /// (sku, order_id) -> Reservation.
@@ -50,30 +48,27 @@ impl Store {
             Store::Orphans => "orphans",
             Store::Timers => "timers",
             Store::Dedup => "dedup",
-            Store::DedupByTime => "dedup_by_time",
             Store::Skus => "skus",
             Store::Reservations => "reservations",
             Store::Pending => "pending",
         }
     }
 
-    pub const ORDER_STAGE: [Store; 7] = [
+    pub const ORDER_STAGE: [Store; 6] = [
         Store::Meta,
         Store::Orders,
         Store::Tracking,
         Store::Orphans,
         Store::Timers,
         Store::Dedup,
-        Store::DedupByTime,
     ];
 
-    pub const SKU_STAGE: [Store; 6] = [
+    pub const SKU_STAGE: [Store; 5] = [
         Store::Meta,
         Store::Skus,
         Store::Reservations,
         Store::Pending,
         Store::Dedup,
-        Store::DedupByTime,
     ];
 }
 
@@ -123,6 +118,9 @@ pub struct TaskDb {
     stores: Vec<Store>,
     /// Uncommitted writes per store: Some(value) is a put, None a delete.
     overlay: HashMap<Store, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Keys put in this batch that the caller knows were absent before it: deleting one again
+    /// before the commit leaves nothing to write, not a put and a tombstone.
+    fresh: std::collections::HashSet<(Store, Vec<u8>)>,
     sync_commits: bool,
 }
 
@@ -139,6 +137,9 @@ impl TaskDb {
             o.set_block_based_table_factory(&table);
             o.set_write_buffer_size(opts.write_buffer_bytes);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Most dedup lookups miss; a memtable bloom filter answers them without a search.
+            o.set_memtable_whole_key_filtering(true);
+            o.set_memtable_prefix_bloom_ratio(0.05);
             ColumnFamilyDescriptor::new(s.name(), o)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
@@ -146,6 +147,7 @@ impl TaskDb {
             db,
             stores: stores.to_vec(),
             overlay: stores.iter().map(|s| (*s, HashMap::new())).collect(),
+            fresh: Default::default(),
             sync_commits: opts.sync_commits,
         })
     }
@@ -184,8 +186,30 @@ impl TaskDb {
     }
 
     pub fn delete(&mut self, store: Store, key: Vec<u8>) -> Result<(), StateError> {
+        if !self.fresh.is_empty() {
+            if let Some((_, key)) = self.fresh.take(&(store, key.clone())) {
+                self.overlay_mut(store)?.remove(&key);
+                return Ok(());
+            }
+        }
         self.overlay_mut(store)?.insert(key, None);
         Ok(())
+    }
+
+    /// A put of a key the caller knows is not in the store (it keeps a complete index of the
+    /// store's keys in memory). Short-lived entries, such as a command applied in the batch
+    /// it arrived in, then never reach RocksDB.
+    pub fn put_new<T: Serialize>(
+        &mut self,
+        store: Store,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), StateError> {
+        // Deleted earlier in this batch: the committed entry may still be on disk.
+        if !self.overlay_mut(store)?.contains_key(&key) {
+            self.fresh.insert((store, key.clone()));
+        }
+        self.put(store, key, value)
     }
 
     pub fn get<T: DeserializeOwned>(
@@ -261,21 +285,28 @@ impl TaskDb {
             .collect()
     }
 
-    /// Committed entries of `store` with keys below `end`, in key order, at most `limit`.
-    /// Used to find expired dedup ids; uncommitted writes are not seen.
-    pub fn committed_below(
+    /// Up to `limit` committed entries of `store` after `after` (from the start if None), in
+    /// key order. Uncommitted writes are not seen: used by background sweeps.
+    pub fn committed_after(
         &self,
         store: Store,
-        end: &[u8],
+        after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StateError> {
+    ) -> Result<Vec<KeyValue>, StateError> {
+        let mode = match after {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(store)?, IteratorMode::Start) {
-            let (k, _) = item?;
-            if k.as_ref() >= end || out.len() >= limit {
+        for item in self.db.iterator_cf(self.cf(store)?, mode) {
+            let (k, v) = item?;
+            if after == Some(k.as_ref()) {
+                continue;
+            }
+            if out.len() >= limit {
                 break;
             }
-            out.push(k.to_vec());
+            out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
     }
@@ -288,7 +319,13 @@ impl TaskDb {
     /// Writes every uncommitted change, and whatever else the caller put in the overlay (the
     /// task's offsets in `Meta`), in one atomic WriteBatch, then forgets the overlay.
     pub fn commit(&mut self) -> Result<(), StateError> {
-        let mut batch = WriteBatch::default();
+        let bytes: usize = self
+            .overlay
+            .values()
+            .flat_map(|o| o.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        let mut batch = WriteBatch::with_capacity_bytes(bytes);
         for store in &self.stores {
             let cf = self.cf(*store)?;
             if let Some(overlay) = self.overlay.get(store) {
@@ -306,6 +343,7 @@ impl TaskDb {
         for overlay in self.overlay.values_mut() {
             overlay.clear();
         }
+        self.fresh.clear();
         Ok(())
     }
 
@@ -325,6 +363,7 @@ impl TaskDb {
         for overlay in self.overlay.values_mut() {
             overlay.clear();
         }
+        self.fresh.clear();
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Millis;
 use crate::fold::Ignored;
 use crate::sink::{DeadLetterReason, Origin};
-use crate::state::{key, StateError, Store, TaskDb};
+use crate::state::{StateError, Store, TaskDb};
 
 /// One consumed record waiting in its partition's buffer, decoded and validated on arrival so
 /// the merge can compare event times without decoding twice.
@@ -83,10 +83,17 @@ impl Accounting {
     }
 }
 
-/// Dedup by id, per input topic of a task, remembered for a retention of stream time.
+/// Dedup by event id, per input topic of a task, remembered for a retention of stream time.
 pub(crate) struct Dedup {
     pub retention_ms: Millis,
     pub purge_per_commit_max: usize,
+    /// Where the sweep for expired ids goes on; it starts over after a restart.
+    pub sweep_after: Option<Vec<u8>>,
+    /// The oldest first-seen time the last complete sweep found (or any id seen since): until
+    /// stream time is a retention past it, nothing can have expired and the sweep rests.
+    floor: Option<Millis>,
+    /// The oldest first-seen time of the sweep in progress.
+    cycle_min: Millis,
 }
 
 fn dedup_key(rank: u8, id: &str) -> Vec<u8> {
@@ -96,15 +103,21 @@ fn dedup_key(rank: u8, id: &str) -> Vec<u8> {
     k
 }
 
-fn dedup_time_key(first_seen: Millis, rank: u8, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + id.len());
-    key::push_time(&mut k, first_seen);
-    k.push(rank);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
 impl Dedup {
+    pub fn new(retention_ms: Millis, purge_per_commit_max: usize) -> Dedup {
+        Dedup {
+            retention_ms,
+            purge_per_commit_max,
+            sweep_after: None,
+            floor: None,
+            cycle_min: Millis::MAX,
+        }
+    }
+
+    fn expired(&self, first_seen: Millis, now: Millis) -> bool {
+        now >= first_seen.saturating_add(self.retention_ms)
+    }
+
     /// True if `id` was already seen on input `rank` within the retention; otherwise remembers
     /// it as first seen at `now`. The first occurrence wins, whatever a later payload says.
     pub fn is_duplicate(
@@ -116,39 +129,49 @@ impl Dedup {
     ) -> Result<bool, StateError> {
         let k = dedup_key(rank, id);
         if let Some(first_seen) = db.get::<Millis>(Store::Dedup, &k)? {
-            if now < first_seen.saturating_add(self.retention_ms) {
+            if !self.expired(first_seen, now) {
                 return Ok(true);
             }
         }
         db.put(Store::Dedup, k, &now)?;
-        db.put_raw(
-            Store::DedupByTime,
-            dedup_time_key(now, rank, id),
-            Vec::new(),
-        )?;
         Ok(false)
     }
 
-    /// Forgets ids first seen more than the retention before `now`, a bounded number per call.
-    pub fn purge(&self, db: &mut TaskDb, now: Millis) -> Result<(), StateError> {
-        let cutoff = now.saturating_sub(self.retention_ms);
-        let mut end = Vec::new();
-        key::push_time(&mut end, cutoff.saturating_add(1));
-        for time_key in db.committed_below(Store::DedupByTime, &end, self.purge_per_commit_max)? {
-            let (Some(first_seen), Some(&rank)) = (key::read_time(&time_key), time_key.get(8))
-            else {
+    /// Sweeps the next `purge_per_commit_max` committed ids and forgets the expired ones, so
+    /// the store stays bounded by the retention without an index to write per event. The
+    /// lookup above already ignores an expired id the sweep has not reached yet.
+    pub fn purge(&mut self, db: &mut TaskDb, now: Millis) -> Result<(), StateError> {
+        if self.floor.is_some_and(|floor| !self.expired(floor, now)) {
+            return Ok(());
+        }
+        let batch = db.committed_after(
+            Store::Dedup,
+            self.sweep_after.as_deref(),
+            self.purge_per_commit_max,
+        )?;
+        let complete = batch.len() < self.purge_per_commit_max;
+        self.sweep_after = if complete {
+            None
+        } else {
+            batch.last().map(|(k, _)| k.clone())
+        };
+        for (k, v) in batch {
+            let Ok(first_seen) = postcard::from_bytes::<Millis>(&v) else {
                 continue;
             };
-            let k = {
-                let mut k = vec![rank];
-                k.extend_from_slice(&time_key[9..]);
-                k
-            };
-            // The id may have been seen again after it expired: keep the newer entry.
-            if db.get::<Millis>(Store::Dedup, &k)? == Some(first_seen) {
+            // The id may have been seen again in this batch: keep the newer entry.
+            if self.expired(first_seen, now)
+                && db.get::<Millis>(Store::Dedup, &k)? == Some(first_seen)
+            {
                 db.delete(Store::Dedup, k)?;
+            } else {
+                self.cycle_min = self.cycle_min.min(first_seen);
             }
-            db.delete(Store::DedupByTime, time_key)?;
+        }
+        if complete {
+            // Ids first seen since the sweep began are no older than `now`.
+            self.floor = Some(self.cycle_min.min(now));
+            self.cycle_min = Millis::MAX;
         }
         Ok(())
     }
@@ -163,4 +186,49 @@ pub enum TaskError {
     /// One of our own records did not fit our own schema: a programming error.
     #[error("cannot encode output: {0}")]
     Encode(#[from] apache_avro::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateOptions;
+
+    #[test]
+    fn the_sweep_forgets_expired_ids_and_rests_until_one_can_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db =
+            TaskDb::open(dir.path(), &Store::ORDER_STAGE, &StateOptions::default()).unwrap();
+        let mut dedup = Dedup::new(100, 2);
+        for (i, t) in [10, 20, 30, 40, 50].iter().enumerate() {
+            assert!(!dedup
+                .is_duplicate(&mut db, 0, &format!("id-{i}"), *t)
+                .unwrap());
+        }
+        db.commit().unwrap();
+        // At 125 the ids seen at 10 and 20 have expired; two per call, so three calls sweep all.
+        for _ in 0..3 {
+            dedup.purge(&mut db, 125).unwrap();
+            db.commit().unwrap();
+        }
+        let left: Vec<_> = db
+            .scan_prefix(Store::Dedup, &[])
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            left,
+            vec![b"\0id-2".to_vec(), b"\0id-3".to_vec(), b"\0id-4".to_vec()]
+        );
+        // The oldest left is 30: nothing expires before 130, so the sweep reads nothing.
+        assert_eq!(dedup.floor, Some(30));
+        dedup.purge(&mut db, 129).unwrap();
+        assert_eq!(db.uncommitted(), 0);
+        dedup.purge(&mut db, 130).unwrap();
+        db.commit().unwrap();
+        assert!(db.get::<Millis>(Store::Dedup, b"\0id-2").unwrap().is_none());
+        // An id seen again after it expired is new again.
+        assert!(!dedup.is_duplicate(&mut db, 0, "id-0", 200).unwrap());
+        assert!(dedup.is_duplicate(&mut db, 0, "id-0", 299).unwrap());
+    }
 }

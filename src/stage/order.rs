@@ -200,10 +200,10 @@ impl OrderTask {
             codec,
             reservation_ttl_ms: config.rules.reservation_ttl_ms,
             orphan_ttl_ms: config.rules.orphan_ttl_ms,
-            dedup: Dedup {
-                retention_ms: config.rules.dedup_retention_ms,
-                purge_per_commit_max: config.limits.dedup_purge_per_commit_max,
-            },
+            dedup: Dedup::new(
+                config.rules.dedup_retention_ms,
+                config.limits.dedup_purge_per_commit_max,
+            ),
             buffer_records_max: config.limits.buffer_records_max,
             meta,
             buffers: Default::default(),
@@ -518,8 +518,10 @@ impl OrderTask {
     }
 
     fn add_timer(&mut self, k: Vec<u8>) -> Result<(), TaskError> {
-        self.db.put_raw(Store::Timers, k.clone(), Vec::new())?;
-        self.timers.insert(k);
+        // `timers` mirrors the store, so a key it lacks is new to the store too.
+        if self.timers.insert(k.clone()) {
+            self.db.put_new(Store::Timers, k, &())?;
+        }
         Ok(())
     }
 

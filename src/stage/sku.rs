@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{Codec, DecodeError, RecordKind};
 use crate::config::Config;
-use crate::event::{AlertKind, InventoryEvent, Millis, OversellAlert, SkuCommand, Watermark};
+use crate::event::{
+    AlertKind, InventoryEvent, Millis, OversellAlert, SkuCommand, SkuCommandKind, Watermark,
+};
 use crate::fold::sku::{self as rules, Reservation, Sku};
 use crate::merge::{self, SkuNext};
 use crate::sink::{dead_letter, DeadLetterReason, Origin, OutRecord, OutTopic};
@@ -77,6 +79,24 @@ fn reservation_key(sku: &str, order_id: &str) -> Vec<u8> {
     key::push_str(&mut k, sku);
     k.extend_from_slice(order_id.as_bytes());
     k
+}
+
+/// A reservation as stored, with the command kinds already applied to it: each kind happens at
+/// most once per (order, sku), so this is the SKU stage's dedup by command id, kept in the
+/// record the command reads anyway and for as long as the reservation lives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct StoredReservation {
+    reservation: Reservation,
+    applied_kinds: u8,
+}
+
+fn kind_bit(kind: SkuCommandKind) -> u8 {
+    match kind {
+        SkuCommandKind::Reserve => 1,
+        SkuCommandKind::Commit => 2,
+        SkuCommandKind::Release => 4,
+        SkuCommandKind::Restock => 8,
+    }
 }
 
 /// What the task commits beside its stores.
@@ -169,10 +189,10 @@ impl SkuTask {
             order_partitions,
             db,
             codec,
-            dedup: Dedup {
-                retention_ms: config.rules.dedup_retention_ms,
-                purge_per_commit_max: config.limits.dedup_purge_per_commit_max,
-            },
+            dedup: Dedup::new(
+                config.rules.dedup_retention_ms,
+                config.limits.dedup_purge_per_commit_max,
+            ),
             buffer_records_max: config.limits.buffer_records_max,
             pending_commands_max: config.limits.pending_commands_max,
             meta,
@@ -345,13 +365,11 @@ impl SkuTask {
                 *entry = (entry.0.max(w.stream_time), entry.1 || w.end_of_input);
             }
             Ok(SkuStageRecord::Command(cmd)) => {
-                // Commands are deduplicated on arrival, before stream time reaches them: their
-                // own time is when they were first seen.
-                let now = self.meta.stream_time.max(cmd.occurred_at);
-                if self
-                    .dedup
-                    .is_duplicate(&mut self.db, COMMANDS as u8, &cmd.command_id, now)?
-                {
+                // A command delivered again before it applied has the same place in the order:
+                // it is the same pending entry. One delivered after it applied is recognised
+                // by its reservation when its turn comes.
+                let k = pending_key(&cmd);
+                if self.pending.contains_key(&k) {
                     self.meta.accounting[COMMANDS].duplicates += 1;
                     return Ok(());
                 }
@@ -359,8 +377,7 @@ impl SkuTask {
                     self.meta.late_commands += 1;
                 }
                 self.meta.accounting[COMMANDS].parked += 1;
-                let k = pending_key(&cmd);
-                self.db.put(Store::Pending, k.clone(), &cmd)?;
+                self.db.put_new(Store::Pending, k.clone(), &cmd)?;
                 self.pending.insert(k, cmd);
             }
         }
@@ -451,17 +468,35 @@ impl SkuTask {
         self.db.delete(Store::Pending, k)?;
         self.meta.stream_time = self.meta.stream_time.max(cmd.occurred_at);
         let rkey = reservation_key(&cmd.sku, &cmd.order_id);
-        let mut sku = self.sku(&cmd.sku)?;
-        let reservation = self.db.get::<Reservation>(Store::Reservations, &rkey)?;
-        let effect = rules::apply_command(&mut sku, reservation, &cmd);
-        if let Some(r) = effect.reservation {
-            self.db
-                .put(Store::Skus, cmd.sku.as_bytes().to_vec(), &sku)?;
-            self.db.put(Store::Reservations, rkey, &r)?;
-        }
+        let stored = self
+            .db
+            .get::<StoredReservation>(Store::Reservations, &rkey)?;
         let acc = &mut self.meta.accounting[COMMANDS];
         acc.parked = acc.parked.saturating_sub(1);
+        let bit = kind_bit(cmd.kind);
+        if stored.is_some_and(|s| s.applied_kinds & bit != 0) {
+            acc.duplicates += 1;
+            return Ok(());
+        }
         acc.applied += 1;
+        let mut sku = self.sku(&cmd.sku)?;
+        let effect = rules::apply_command(&mut sku, stored.map(|s| s.reservation), &cmd);
+        // Every change to the SKU comes with a change to the reservation.
+        if effect.reservation.is_some() {
+            self.db
+                .put(Store::Skus, cmd.sku.as_bytes().to_vec(), &sku)?;
+        }
+        if let Some(reservation) = effect.reservation.or(stored.map(|s| s.reservation)) {
+            let applied_kinds = stored.map_or(0, |s| s.applied_kinds) | bit;
+            self.db.put(
+                Store::Reservations,
+                rkey,
+                &StoredReservation {
+                    reservation,
+                    applied_kinds,
+                },
+            )?;
+        }
         if let Some(alert) = effect.alert {
             self.emit_alert(alert, out)?;
         }
@@ -500,9 +535,14 @@ impl SkuTask {
         key::push_str(&mut prefix, sku);
         let reservations = self
             .db
-            .scan_typed::<Reservation>(Store::Reservations, &prefix)?
+            .scan_typed::<StoredReservation>(Store::Reservations, &prefix)?
             .into_iter()
-            .map(|(k, r)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), r))
+            .map(|(k, r)| {
+                (
+                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                    r.reservation,
+                )
+            })
             .collect();
         Ok(Some(SkuView {
             sku: sku.to_string(),
