@@ -17,7 +17,7 @@ use crate::partition::partition_for_key;
 use crate::sink::{OutRecord, OutTopic, Route};
 use crate::stage::order::{self as order_stage, OrderTask, OrderView};
 use crate::stage::sku::{self as sku_stage, SkuTask, SkuView};
-use crate::stage::{Accounting, TaskError};
+use crate::stage::{Accounting, Input, TaskError};
 
 /// Topic names, shared with the runtime's defaults.
 pub mod topics {
@@ -70,14 +70,20 @@ pub enum DriverError {
     Schema(#[from] crate::codec::SchemaError),
 }
 
-/// Offers a task the records of `log` from `fetch` on, until `offer` refuses one because the
-/// task's buffer is full (as a consumer pauses a full partition). Returns whether the task has
-/// caught up with the log.
-fn feed(log: &[Record], fetch: &mut i64, mut offer: impl FnMut(i64, &Record) -> bool) -> bool {
+/// Hands `task` the records of `log` for `input` from `fetch` on, until its buffer is full
+/// (as a consumer pauses a full partition). Returns whether the task has caught up with the log.
+fn feed(log: &[Record], fetch: &mut i64, task: &mut impl Input, input: usize) -> bool {
     while let Some(r) = usize::try_from(*fetch).ok().and_then(|i| log.get(i)) {
-        if !offer(*fetch, r) {
+        if task.is_full(input) {
             break;
         }
+        task.push(
+            input,
+            *fetch,
+            r.origin_offset,
+            r.key.clone(),
+            r.value.clone(),
+        );
         *fetch += 1;
     }
     usize::try_from(*fetch).is_ok_and(|f| f >= log.len())
@@ -288,23 +294,11 @@ impl Driver {
         for p in 0..self.order_tasks.len() {
             let mut caught_up = [false; order_stage::INPUTS];
             for (rank, topic) in order_inputs.iter().enumerate() {
-                let task = &mut self.order_tasks[p];
                 caught_up[rank] = feed(
                     &self.logs[*topic][p],
                     &mut self.order_fetch[p][rank],
-                    |offset, r| {
-                        if task.is_full(rank) {
-                            return false;
-                        }
-                        task.push(
-                            rank,
-                            offset,
-                            r.origin_offset,
-                            r.key.clone(),
-                            r.value.clone(),
-                        );
-                        true
-                    },
+                    &mut self.order_tasks[p],
+                    rank,
                 );
             }
             let mut out = Vec::new();
@@ -320,23 +314,11 @@ impl Driver {
         let sku_inputs = [topics::INVENTORY, topics::SKU_COMMANDS];
         for p in 0..self.sku_tasks.len() {
             for (input, topic) in sku_inputs.iter().enumerate() {
-                let task = &mut self.sku_tasks[p];
                 feed(
                     &self.logs[*topic][p],
                     &mut self.sku_fetch[p][input],
-                    |offset, r| {
-                        if task.is_full(input) {
-                            return false;
-                        }
-                        task.push(
-                            input,
-                            offset,
-                            r.origin_offset,
-                            r.key.clone(),
-                            r.value.clone(),
-                        );
-                        true
-                    },
+                    &mut self.sku_tasks[p],
+                    input,
                 );
             }
             let mut out = Vec::new();

@@ -26,6 +26,22 @@ pub struct Buffered<E> {
     pub decoded: Result<E, (DeadLetterReason, String)>,
 }
 
+/// How a task takes consumed records: one buffer per input, each with a limit. The Kafka
+/// runtime and the driver feed every task through this.
+pub trait Input {
+    /// True when `input`'s buffer is at its limit: the caller pauses that partition.
+    fn is_full(&self, input: usize) -> bool;
+    /// Buffers one consumed record. `origin_offset` is what its dead letter would report.
+    fn push(
+        &mut self,
+        input: usize,
+        offset: i64,
+        origin_offset: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    );
+}
+
 /// Per-input accounting, committed with the state so it survives restarts and never counts a
 /// reprocessed record twice: `consumed == applied + duplicates + ignored + dead_lettered + parked`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

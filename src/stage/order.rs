@@ -18,7 +18,7 @@ use crate::fold::tracking::{self, Tracking};
 use crate::fold::Ignored;
 use crate::merge::{self, Head, Next};
 use crate::sink::{dead_letter, DeadLetterReason, Origin, OutRecord, OutTopic, Route};
-use crate::stage::{Accounting, Buffered, Dedup, TaskError};
+use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, StateOptions, Store, TaskDb};
 use crate::validate;
 
@@ -227,35 +227,6 @@ impl OrderTask {
 
     pub fn buffered(&self, rank: usize) -> usize {
         self.buffers[rank].len()
-    }
-
-    /// True when input `rank`'s buffer is at its limit: the caller pauses the partition.
-    pub fn is_full(&self, rank: usize) -> bool {
-        self.buffers[rank].len() >= self.buffer_records_max
-    }
-
-    /// Buffers one consumed record of input `rank`. `origin_offset` is what its dead letter
-    /// would report (the partition offset in Kafka; the input line's index in the driver).
-    pub fn push(
-        &mut self,
-        rank: usize,
-        offset: i64,
-        origin_offset: i64,
-        key: Option<Vec<u8>>,
-        value: Option<Vec<u8>>,
-    ) {
-        let decoded = decode_input(&self.codec, rank, key.as_deref(), value.as_deref());
-        self.buffers[rank].push_back(Buffered {
-            offset,
-            origin: Origin {
-                topic: self.topics[rank].clone(),
-                partition: self.partition,
-                offset: origin_offset,
-            },
-            key,
-            value,
-            decoded,
-        });
     }
 
     fn head(&self, rank: usize, caught_up: bool) -> Head {
@@ -742,5 +713,33 @@ impl OrderTask {
             out.push((String::from_utf8_lossy(&k).into_owned(), parked.len()));
         }
         Ok(out)
+    }
+}
+
+impl Input for OrderTask {
+    fn is_full(&self, rank: usize) -> bool {
+        self.buffers[rank].len() >= self.buffer_records_max
+    }
+
+    fn push(
+        &mut self,
+        rank: usize,
+        offset: i64,
+        origin_offset: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) {
+        let decoded = decode_input(&self.codec, rank, key.as_deref(), value.as_deref());
+        self.buffers[rank].push_back(Buffered {
+            offset,
+            origin: Origin {
+                topic: self.topics[rank].clone(),
+                partition: self.partition,
+                offset: origin_offset,
+            },
+            key,
+            value,
+            decoded,
+        });
     }
 }

@@ -16,7 +16,7 @@ use crate::event::{
 use crate::fold::sku::{self as rules, Reservation, Sku};
 use crate::merge::{self, SkuNext};
 use crate::sink::{dead_letter, DeadLetterReason, Origin, OutRecord, OutTopic};
-use crate::stage::{Accounting, Buffered, Dedup, TaskError};
+use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, StateOptions, Store, TaskDb};
 use crate::validate;
 
@@ -229,46 +229,8 @@ impl SkuTask {
         }
     }
 
-    pub fn is_full(&self, input: usize) -> bool {
-        self.buffered(input) >= self.buffer_records_max
-    }
-
     pub fn pending_commands(&self) -> usize {
         self.pending.len()
-    }
-
-    pub fn push(
-        &mut self,
-        input: usize,
-        offset: i64,
-        origin_offset: i64,
-        key: Option<Vec<u8>>,
-        value: Option<Vec<u8>>,
-    ) {
-        let origin = Origin {
-            topic: self.topics[input].clone(),
-            partition: self.partition,
-            offset: origin_offset,
-        };
-        if input == INVENTORY {
-            let decoded = decode_inventory(&self.codec, key.as_deref(), value.as_deref());
-            self.inventory.push_back(Buffered {
-                offset,
-                origin,
-                key,
-                value,
-                decoded,
-            });
-        } else {
-            let decoded = decode_command(&self.codec, value.as_deref());
-            self.commands.push_back(Buffered {
-                offset,
-                origin,
-                key,
-                value,
-                decoded,
-            });
-        }
     }
 
     /// The minimum watermark over all order partitions: commands stamped below it are
@@ -568,5 +530,45 @@ impl SkuTask {
 
     pub fn alert_count(&self, kind: AlertKind) -> u64 {
         self.meta.alerts.get(kind.label()).copied().unwrap_or(0)
+    }
+}
+
+impl Input for SkuTask {
+    fn is_full(&self, input: usize) -> bool {
+        self.buffered(input) >= self.buffer_records_max
+    }
+
+    fn push(
+        &mut self,
+        input: usize,
+        offset: i64,
+        origin_offset: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) {
+        let origin = Origin {
+            topic: self.topics[input].clone(),
+            partition: self.partition,
+            offset: origin_offset,
+        };
+        if input == INVENTORY {
+            let decoded = decode_inventory(&self.codec, key.as_deref(), value.as_deref());
+            self.inventory.push_back(Buffered {
+                offset,
+                origin,
+                key,
+                value,
+                decoded,
+            });
+        } else {
+            let decoded = decode_command(&self.codec, value.as_deref());
+            self.commands.push_back(Buffered {
+                offset,
+                origin,
+                key,
+                value,
+                decoded,
+            });
+        }
     }
 }
