@@ -67,10 +67,6 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// fsync the RocksDB WAL at each commit. Off: a process crash loses nothing without it.
     pub sync_commits: bool,
-    /// Committed state entries each task keeps in memory for reads (orders, tracking, SKUs,
-    /// reservations). 200,000 entries of ~150 bytes is ~30 MB per task and holds the orders of
-    /// a sale's last few minutes, which are the ones payments, scans and cancels read.
-    pub cache_entries_max: usize,
 }
 
 impl Default for StateConfig {
@@ -78,7 +74,6 @@ impl Default for StateConfig {
         StateConfig {
             dir: PathBuf::from("./orderfold-state"),
             sync_commits: false,
-            cache_entries_max: 200_000,
         }
     }
 }

@@ -40,15 +40,6 @@ pub enum Store {
 }
 
 impl Store {
-    /// Stores whose keys are read again after they are written: worth a read cache. Dedup ids,
-    /// pending commands and timers are read once or kept in memory by their task already.
-    fn cached(self) -> bool {
-        matches!(
-            self,
-            Store::Orders | Store::Tracking | Store::Orphans | Store::Skus | Store::Reservations
-        )
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Store::Meta => "meta",
@@ -109,9 +100,6 @@ pub struct StateOptions {
     pub bloom_bits_per_key: f64,
     /// Memtable size per column family.
     pub write_buffer_bytes: usize,
-    /// Committed values kept in memory for the stores that are read again (orders, tracking,
-    /// orphans, SKUs, reservations), across all of them.
-    pub cache_entries_max: usize,
 }
 
 impl Default for StateOptions {
@@ -120,65 +108,13 @@ impl Default for StateOptions {
             sync_commits: false,
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 16 << 20,
-            cache_entries_max: 200_000,
         }
     }
 }
 
 /// One task's RocksDB with its uncommitted writes.
-/// Committed values of recently used keys, in two generations: a key read or written lately
-/// is in `young`; when `young` is full it becomes `old` and the previous `old` is dropped. So
-/// the cache holds at most `max` entries, keeps what is in use, and costs O(1) per access.
-/// `None` records a key known to be absent.
-struct ReadCache {
-    young: HashMap<Store, HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    old: HashMap<Store, HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    young_len: usize,
-    generation_max: usize,
-}
-
-impl ReadCache {
-    fn new(max: usize) -> ReadCache {
-        ReadCache {
-            young: HashMap::new(),
-            old: HashMap::new(),
-            young_len: 0,
-            generation_max: max / 2,
-        }
-    }
-
-    fn get(&mut self, store: Store, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        if let Some(v) = self.young.get(&store).and_then(|m| m.get(key)) {
-            return Some(v.clone());
-        }
-        let v = self.old.get_mut(&store)?.remove(key)?;
-        self.insert(store, key.to_vec(), v.clone());
-        Some(v)
-    }
-
-    fn insert(&mut self, store: Store, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if self.generation_max == 0 {
-            return;
-        }
-        if self.young_len >= self.generation_max {
-            self.old = std::mem::take(&mut self.young);
-            self.young_len = 0;
-        }
-        if self
-            .young
-            .entry(store)
-            .or_default()
-            .insert(key, value)
-            .is_none()
-        {
-            self.young_len += 1;
-        }
-    }
-}
-
 pub struct TaskDb {
     db: DB,
-    cache: std::cell::RefCell<ReadCache>,
     stores: Vec<Store>,
     /// Uncommitted writes per store: Some(value) is a put, None a delete.
     overlay: HashMap<Store, HashMap<Vec<u8>, Option<Vec<u8>>>>,
@@ -212,7 +148,6 @@ impl TaskDb {
             stores: stores.to_vec(),
             overlay: stores.iter().map(|s| (*s, HashMap::new())).collect(),
             fresh: Default::default(),
-            cache: std::cell::RefCell::new(ReadCache::new(opts.cache_entries_max)),
             sync_commits: opts.sync_commits,
         })
     }
@@ -237,17 +172,7 @@ impl TaskDb {
         if let Some(pending) = self.overlay.get(&store).and_then(|o| o.get(key)) {
             return Ok(pending.clone());
         }
-        if !store.cached() {
-            return Ok(self.db.get_cf(self.cf(store)?, key)?);
-        }
-        if let Some(hit) = self.cache.borrow_mut().get(store, key) {
-            return Ok(hit);
-        }
-        let value = self.db.get_cf(self.cf(store)?, key)?;
-        self.cache
-            .borrow_mut()
-            .insert(store, key.to_vec(), value.clone());
-        Ok(value)
+        Ok(self.db.get_cf(self.cf(store)?, key)?)
     }
 
     pub fn put_raw(
@@ -415,16 +340,8 @@ impl TaskDb {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_commits);
         self.db.write_opt(batch, &wo)?;
-        // What was just written is what the next batches read: it moves to the cache.
-        let cache = self.cache.get_mut();
-        for (store, overlay) in self.overlay.iter_mut() {
-            if store.cached() {
-                for (k, v) in overlay.drain() {
-                    cache.insert(*store, k, v);
-                }
-            } else {
-                overlay.clear();
-            }
+        for overlay in self.overlay.values_mut() {
+            overlay.clear();
         }
         self.fresh.clear();
         Ok(())
@@ -547,38 +464,6 @@ mod tests {
             db.get::<i64>(Store::Orders, b"a"),
             Err(StateError::NotOpen("orders"))
         ));
-    }
-
-    #[test]
-    fn the_read_cache_never_serves_a_stale_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = StateOptions {
-            cache_entries_max: 4,
-            ..StateOptions::default()
-        };
-        let mut db = TaskDb::open(dir.path(), &Store::SKU_STAGE, &opts).unwrap();
-        for round in 0..3i64 {
-            for k in 0..10u8 {
-                db.put(Store::Skus, vec![k], &(round * 100 + i64::from(k)))
-                    .unwrap();
-            }
-            db.commit().unwrap();
-            for k in (0..10u8).rev() {
-                let expected = round * 100 + i64::from(k);
-                assert_eq!(db.get::<i64>(Store::Skus, &[k]).unwrap(), Some(expected));
-            }
-        }
-        db.delete(Store::Skus, vec![3]).unwrap();
-        db.commit().unwrap();
-        assert_eq!(db.get::<i64>(Store::Skus, &[3]).unwrap(), None);
-        let cache = db.cache.borrow();
-        let held: usize = cache
-            .young
-            .values()
-            .chain(cache.old.values())
-            .map(HashMap::len)
-            .sum();
-        assert!(held <= 4, "{held} entries held");
     }
 
     #[test]

@@ -182,7 +182,6 @@ impl OrderTask {
     ) -> Result<OrderTask, TaskError> {
         let opts = StateOptions {
             sync_commits: config.state.sync_commits,
-            cache_entries_max: config.state.cache_entries_max,
             ..StateOptions::default()
         };
         let db = TaskDb::open(dir, &Store::ORDER_STAGE, &opts)?;

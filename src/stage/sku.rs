@@ -176,7 +176,6 @@ impl SkuTask {
     ) -> Result<SkuTask, TaskError> {
         let opts = StateOptions {
             sync_commits: config.state.sync_commits,
-            cache_entries_max: config.state.cache_entries_max,
             ..StateOptions::default()
         };
         let db = TaskDb::open(dir, &Store::SKU_STAGE, &opts)?;
