@@ -202,29 +202,22 @@ pub fn simulate(opts: &SimulateOptions, state_dir: &Path) -> Result<Summary, Sim
             .map(|r| json!({"key": key_json(&r.key), "value": r.value.as_deref().and_then(decode)}))
             .collect()
     };
-    let c = codec.clone();
     summary.expiries = files.write(
         "reservation-expiry.jsonl",
         keyed(driver.records(topics::RESERVATION_EXPIRY), &|b| {
-            c.decode::<crate::event::ReservationExpired>(b)
-                .ok()
-                .and_then(|e| serde_json::to_value(e).ok())
+            as_json::<crate::event::ReservationExpired>(&codec, b)
         }),
     )?;
     summary.tracking_updates = files.write(
         "tracking-status.jsonl",
         keyed(driver.records(topics::TRACKING_STATUS), &|b| {
-            c.decode::<crate::event::TrackingStatus>(b)
-                .ok()
-                .and_then(|e| serde_json::to_value(e).ok())
+            as_json::<crate::event::TrackingStatus>(&codec, b)
         }),
     )?;
     summary.alerts = files.write(
         "oversell-alerts.jsonl",
         keyed(driver.records(topics::OVERSELL_ALERTS), &|b| {
-            c.decode::<crate::event::OversellAlert>(b)
-                .ok()
-                .and_then(|e| serde_json::to_value(e).ok())
+            as_json::<crate::event::OversellAlert>(&codec, b)
         }),
     )?;
     let mut dlq = unrouted;
@@ -267,26 +260,22 @@ pub fn simulate(opts: &SimulateOptions, state_dir: &Path) -> Result<Summary, Sim
     Ok(summary)
 }
 
+/// An Avro record as JSON, if it decodes as `T`.
+fn as_json<T: crate::codec::AvroRecord>(codec: &Codec, bytes: &[u8]) -> Option<Value> {
+    codec
+        .decode::<T>(bytes)
+        .ok()
+        .and_then(|e| serde_json::to_value(e).ok())
+}
+
 /// A dead letter's value as JSON: the decoded event when it decodes (a rule violation or an
 /// orphan), else the original bytes as text.
 fn readable_value(codec: &Codec, topic: Option<&str>, bytes: &[u8]) -> Value {
     let decoded = match topic {
-        Some(topics::ORDERS) => codec
-            .decode::<OrderEvent>(bytes)
-            .ok()
-            .and_then(|e| serde_json::to_value(e).ok()),
-        Some(topics::PAYMENTS) => codec
-            .decode::<PaymentEvent>(bytes)
-            .ok()
-            .and_then(|e| serde_json::to_value(e).ok()),
-        Some(topics::LOGISTICS) => codec
-            .decode::<LogisticsEvent>(bytes)
-            .ok()
-            .and_then(|e| serde_json::to_value(e).ok()),
-        Some(topics::INVENTORY) => codec
-            .decode::<InventoryEvent>(bytes)
-            .ok()
-            .and_then(|e| serde_json::to_value(e).ok()),
+        Some(topics::ORDERS) => as_json::<OrderEvent>(codec, bytes),
+        Some(topics::PAYMENTS) => as_json::<PaymentEvent>(codec, bytes),
+        Some(topics::LOGISTICS) => as_json::<LogisticsEvent>(codec, bytes),
+        Some(topics::INVENTORY) => as_json::<InventoryEvent>(codec, bytes),
         _ => None,
     };
     decoded.unwrap_or_else(|| Value::String(String::from_utf8_lossy(bytes).into_owned()))

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Millis;
 use crate::fold::Ignored;
-use crate::sink::{DeadLetterReason, Origin};
+use crate::sink::{DeadLetterReason, Origin, OutRecord};
 use crate::state::{StateError, Store, TaskDb};
 
 /// One consumed record waiting in its partition's buffer, decoded and validated on arrival so
@@ -78,11 +78,20 @@ impl Accounting {
         *self.ignored.entry(why.label().to_string()).or_default() += 1;
     }
 
-    pub fn count_dead_letter(&mut self, reason: DeadLetterReason) {
+    /// Counts a dead letter and returns its record: the one way a task dead-letters.
+    pub fn dead_letter(
+        &mut self,
+        reason: DeadLetterReason,
+        detail: &str,
+        origin: &Origin,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) -> OutRecord {
         *self
             .dead_lettered
             .entry(reason.label().to_string())
             .or_default() += 1;
+        crate::sink::dead_letter(reason, detail, origin, key, value)
     }
 
     pub fn merge(&mut self, other: &Accounting) {

@@ -17,7 +17,7 @@ use crate::fold::order::{self as rules, Order, OrderStatus};
 use crate::fold::tracking::{self, Tracking};
 use crate::fold::Ignored;
 use crate::merge::{self, Head, Next};
-use crate::sink::{dead_letter, DeadLetterReason, Origin, OutRecord, OutTopic, Route};
+use crate::sink::{DeadLetterReason, Origin, OutRecord, OutTopic, Route};
 use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, StateOptions, Store, TaskDb};
 use crate::validate;
@@ -268,8 +268,7 @@ impl OrderTask {
             self.meta.accounting[rank].consumed += 1;
             match record.decoded {
                 Err((reason, detail)) => {
-                    self.meta.accounting[rank].count_dead_letter(reason);
-                    out.push(dead_letter(
+                    out.push(self.meta.accounting[rank].dead_letter(
                         reason,
                         &detail,
                         &record.origin,
@@ -568,18 +567,11 @@ impl OrderTask {
         for p in expired {
             let acc = &mut self.meta.accounting[p.rank];
             acc.parked = acc.parked.saturating_sub(1);
-            acc.count_dead_letter(DeadLetterReason::Orphan);
             let detail = format!(
                 "no OrderPlaced for order {order_id} within orphan_ttl_ms {} of stream time",
                 self.orphan_ttl_ms
             );
-            out.push(dead_letter(
-                DeadLetterReason::Orphan,
-                &detail,
-                &p.origin,
-                p.key,
-                p.value,
-            ));
+            out.push(acc.dead_letter(DeadLetterReason::Orphan, &detail, &p.origin, p.key, p.value));
         }
         if kept.is_empty() {
             self.db

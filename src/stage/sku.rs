@@ -15,7 +15,7 @@ use crate::event::{
 };
 use crate::fold::sku::{self as rules, Reservation, Sku};
 use crate::merge::{self, SkuNext};
-use crate::sink::{dead_letter, DeadLetterReason, Origin, OutRecord, OutTopic};
+use crate::sink::{DeadLetterReason, Origin, OutRecord, OutTopic};
 use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, StateOptions, Store, TaskDb};
 use crate::validate;
@@ -307,8 +307,7 @@ impl SkuTask {
         acc.consumed += 1;
         match record.decoded {
             Err((reason, detail)) => {
-                acc.count_dead_letter(reason);
-                out.push(dead_letter(
+                out.push(acc.dead_letter(
                     reason,
                     &detail,
                     &record.origin,
@@ -355,14 +354,7 @@ impl SkuTask {
         let acc = &mut self.meta.accounting[INVENTORY];
         acc.consumed += 1;
         if let Err((reason, detail)) = record.decoded {
-            acc.count_dead_letter(reason);
-            out.push(dead_letter(
-                reason,
-                &detail,
-                &record.origin,
-                record.key,
-                record.value,
-            ));
+            out.push(acc.dead_letter(reason, &detail, &record.origin, record.key, record.value));
         }
     }
 
