@@ -1,6 +1,7 @@
 //! orderfold's settings: what each key means, its default and why. It owns parsing and
 //! defaults; `config/orderfold.toml` documents the same keys for operators.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,9 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// fsync the RocksDB WAL at each commit. Off: a process crash loses nothing without it.
     pub sync_commits: bool,
+    /// Set by `inspect`, never by the file: open task state for reading while it may be in use.
+    #[serde(skip)]
+    pub read_only: bool,
 }
 
 impl Default for StateConfig {
@@ -74,6 +78,120 @@ impl Default for StateConfig {
         StateConfig {
             dir: PathBuf::from("./orderfold-state"),
             sync_commits: false,
+            read_only: false,
+        }
+    }
+}
+
+/// How processing survives failures. Only `at_least_once` runs today; `exactly_once` needs a
+/// broker with Kafka transactions and is refused until orderfold implements it (issue #4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+/// Where the brokers are and who this instance is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// The consumer group id, and the prefix of orderfold's internal topics
+    /// (`<application_id>.sku-commands`, `<application_id>.dlq`). Instances with the same id
+    /// share the work; a different id is an independent copy with its own state.
+    pub application_id: String,
+    pub processing_guarantee: Guarantee,
+    /// librdkafka properties given to every client as they are (security.protocol, sasl.*,
+    /// ssl.*, fetch and batching tuning). They win over orderfold's own client settings.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            application_id: "orderfold".into(),
+            processing_guarantee: Guarantee::AtLeastOnce,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// The names of the topics orderfold reads and writes. Internal topics are named after the
+/// application id instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub orders: String,
+    pub payments: String,
+    pub logistics: String,
+    pub inventory: String,
+    pub reservation_expiry: String,
+    pub tracking_status: String,
+    pub oversell_alerts: String,
+    /// Partitions `orderfold topics create` gives the order stage's inputs and outputs.
+    pub order_partitions: u32,
+    /// Partitions `orderfold topics create` gives inventory, the command topic and alerts.
+    pub sku_partitions: u32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            orders: "orders".into(),
+            payments: "payments".into(),
+            logistics: "logistics".into(),
+            inventory: "inventory".into(),
+            reservation_expiry: "reservation-expiry".into(),
+            tracking_status: "tracking-status".into(),
+            oversell_alerts: "oversell-alerts".into(),
+            order_partitions: 4,
+            sku_partitions: 4,
+        }
+    }
+}
+
+impl TopicsConfig {
+    pub fn sku_commands(application_id: &str) -> String {
+        format!("{application_id}.sku-commands")
+    }
+
+    pub fn dead_letters(application_id: &str) -> String {
+        format!("{application_id}.dlq")
+    }
+}
+
+/// The consumer-group runtime's pacing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Longest time between commits. A commit flushes outputs, so this bounds both the work a
+    /// crash repeats and how late the SKU stage hears the order stage's watermark.
+    pub commit_interval_ms: u64,
+    /// Records taken from the consumer per poll round before the tasks run.
+    pub poll_records_max: usize,
+    /// How long a poll waits when no task has work.
+    pub poll_timeout_ms: u64,
+    /// How long a commit may wait for the broker to acknowledge its outputs.
+    pub produce_ack_timeout_ms: u64,
+    /// How long SIGTERM/SIGINT may take to commit the current batch and leave the group.
+    pub shutdown_timeout_ms: u64,
+    /// Move an idle, caught-up order task's stream time to the wall clock, so reservations
+    /// expire when nothing is happening. Off makes results depend on the input alone.
+    pub wall_clock_advance: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            commit_interval_ms: 1_000,
+            poll_records_max: 5_000,
+            poll_timeout_ms: 100,
+            produce_ack_timeout_ms: 30_000,
+            shutdown_timeout_ms: 30_000,
+            wall_clock_advance: true,
         }
     }
 }
@@ -85,6 +203,9 @@ pub struct Config {
     pub rules: Rules,
     pub limits: Limits,
     pub state: StateConfig,
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub runtime: RuntimeConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +226,60 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Prefix of the environment variables that override the file: `ORDERFOLD_<SECTION>_<KEY>`
+/// (`ORDERFOLD_KAFKA_BOOTSTRAP_SERVERS`), and `ORDERFOLD_LIBRDKAFKA_<PROPERTY>` with dots as
+/// underscores (`ORDERFOLD_LIBRDKAFKA_SASL_MECHANISM` sets `sasl.mechanism`).
+pub const ENV_PREFIX: &str = "ORDERFOLD_";
+const SECTIONS: [&str; 6] = ["rules", "limits", "state", "kafka", "topics", "runtime"];
+
 impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::from_toml_with_env(text, path, std::iter::empty())
+    }
+
+    /// Parses `text`, then applies the `ORDERFOLD_*` variables of `env` over it. A variable
+    /// naming a section but no key of it is an error, like an unknown key in the file.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |e| ConfigError::Parse {
             path: path.to_path_buf(),
             source: Box::new(e),
-        })?;
+        };
+        let mut doc: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            if let Some(property) = rest.strip_prefix("librdkafka_") {
+                let table = section(&mut doc, "kafka")?;
+                let properties = table
+                    .entry("properties")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(p) = properties {
+                    p.insert(property.replace('_', "."), toml::Value::String(value));
+                }
+                continue;
+            }
+            let Some((sect, key)) = SECTIONS
+                .iter()
+                .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|k| (*s, k)))
+            else {
+                continue;
+            };
+            // A value that reads as a TOML number or boolean is one; anything else is a string.
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(|v| !v.is_table() && !v.is_array())
+                .unwrap_or(toml::Value::String(value));
+            section(&mut doc, sect)?.insert(key.to_string(), parsed);
+        }
+        let config: Config = doc.try_into().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -121,6 +290,29 @@ impl Config {
             source,
         })?;
         Self::from_toml(&text, path)
+    }
+
+    /// The file at `path` (or the defaults), with the process environment's overrides.
+    pub fn load_with_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (text, shown) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("(defaults)")),
+        };
+        Self::from_toml_with_env(&text, &shown, std::env::vars())
+    }
+
+    pub fn sku_commands_topic(&self) -> String {
+        TopicsConfig::sku_commands(&self.kafka.application_id)
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        TopicsConfig::dead_letters(&self.kafka.application_id)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -134,7 +326,32 @@ impl Config {
         if l.buffer_records_max == 0 || l.commit_records_max == 0 || l.pending_commands_max == 0 {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
         }
+        if self.runtime.poll_records_max == 0 {
+            return Err(ConfigError::Invalid(
+                "runtime.poll_records_max must be at least 1".into(),
+            ));
+        }
+        if self.topics.order_partitions == 0 || self.topics.sku_partitions == 0 {
+            return Err(ConfigError::Invalid(
+                "topics need at least one partition".into(),
+            ));
+        }
+        if self.kafka.application_id.is_empty() {
+            return Err(ConfigError::Invalid(
+                "kafka.application_id must not be empty".into(),
+            ));
+        }
         Ok(())
+    }
+}
+
+fn section<'a>(doc: &'a mut toml::Table, name: &str) -> Result<&'a mut toml::Table, ConfigError> {
+    match doc
+        .entry(name)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    {
+        toml::Value::Table(t) => Ok(t),
+        _ => Err(ConfigError::Invalid(format!("[{name}] must be a table"))),
     }
 }
 
@@ -147,6 +364,36 @@ mod tests {
         let text = include_str!("../config/orderfold.toml");
         let parsed = Config::from_toml(text, Path::new("config/orderfold.toml")).unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let env = [
+            ("ORDERFOLD_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.1:9092"),
+            ("ORDERFOLD_LIMITS_COMMIT_RECORDS_MAX", "77"),
+            ("ORDERFOLD_RUNTIME_WALL_CLOCK_ADVANCE", "false"),
+            ("ORDERFOLD_LIBRDKAFKA_SASL_MECHANISM", "PLAIN"),
+            ("ORDERFOLD_LOG", "json"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let text = "[limits]\ncommit_records_max = 5\n[kafka]\napplication_id = \"shop\"\n";
+        let c = Config::from_toml_with_env(text, Path::new("x"), env).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
+        assert_eq!(c.kafka.application_id, "shop");
+        assert_eq!(c.limits.commit_records_max, 77);
+        assert!(!c.runtime.wall_clock_advance);
+        assert_eq!(c.kafka.properties["sasl.mechanism"], "PLAIN");
+        assert_eq!(c.sku_commands_topic(), "shop.sku-commands");
+    }
+
+    #[test]
+    fn a_misspelt_environment_key_is_refused() {
+        let env = [(
+            "ORDERFOLD_LIMITS_COMMIT_RECORDS".to_string(),
+            "1".to_string(),
+        )];
+        assert!(Config::from_toml_with_env("", Path::new("x"), env).is_err());
     }
 
     #[test]

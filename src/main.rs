@@ -1,18 +1,27 @@
 //! The `orderfold` command line. It owns argument parsing and the human-readable output of
 //! each command; the work is done by the library.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use orderfold::codec::Codec;
 use orderfold::config::Config;
-use orderfold::driver::{topics, Driver, Topology};
-use orderfold::event::AlertKind;
-use orderfold::generate::{generate, WorkloadSpec};
+use orderfold::driver::topics;
+use orderfold::event::{AlertKind, OversellAlert};
+use orderfold::generate::{generate, Generated, WorkloadSpec};
+use orderfold::inspect::LocalState;
+use orderfold::kafka::{self, TopicNames};
+use orderfold::runtime::{self, Mode, Progress, RunReport, Shutdown};
 use orderfold::simulate::{simulate, SimulateOptions};
+use rdkafka::mocking::MockCluster;
 
 /// RocksDB and the fold allocate many small, short-lived buffers; mimalloc handles that
 /// pattern markedly better than glibc's allocator (see the README's benchmark notes).
@@ -26,12 +35,43 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Event-sourced order, payment, logistics and inventory fold"
 )]
 struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "ORDERFOLD_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// The service: one member of the consumer group, until SIGTERM or SIGINT.
+    Run {
+        /// Config file (see config/orderfold.toml); ORDERFOLD_* variables override it.
+        #[arg(long, env = "ORDERFOLD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Process the input present at startup, end every task at the end of input, commit
+        /// and exit (a bounded run, one instance; no wall-clock advance).
+        #[arg(long)]
+        until_end: bool,
+    },
+    /// Create every topic orderfold reads or writes that does not exist yet.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Print the state of one key from this machine's task state.
+    Inspect {
+        #[arg(long, env = "ORDERFOLD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        what: InspectWhat,
+    },
     /// Run the broker-free topology over a JSON-lines log; write outputs and final state as JSON lines.
     Simulate {
         /// Input: one `{"topic": ..., "key": ..., "value": {...}}` per line.
@@ -57,19 +97,22 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Write a seeded flash-sale workload as JSON lines (the `simulate` input format).
+    /// Generate a seeded flash-sale workload: to Kafka with --kafka, else as JSON lines (the
+    /// `simulate` input format). The same seed and options give the same records.
     Generate {
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        #[arg(long, default_value_t = 10_000)]
-        orders: usize,
-        #[arg(long, default_value_t = 1_000)]
-        skus: usize,
-        /// Output file; standard output if absent.
+        #[command(flatten)]
+        workload: WorkloadArgs,
+        /// Produce to the topics of --config's brokers instead of writing JSON lines.
+        #[arg(long)]
+        kafka: bool,
+        #[arg(long, env = "ORDERFOLD_CONFIG")]
+        config: Option<PathBuf>,
+        /// JSON-lines output file; standard output if absent.
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Generate a flash sale, fold it, and print what happened.
+    /// Zero setup: an in-process Kafka (librdkafka's mock cluster), topics created, a flash
+    /// sale generated and processed, and a summary of what happened.
     Demo {
         #[arg(long, default_value_t = 50_000)]
         orders: usize,
@@ -80,15 +123,147 @@ enum Command {
     },
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    match path {
-        Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::default()),
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create the input, output and internal topics with the partition counts of the config.
+    Create {
+        #[arg(long, env = "ORDERFOLD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum InspectWhat {
+    /// One SKU: stock, reservations.
+    Sku { id: String },
+    /// One order: its state and tracking.
+    Order { id: String },
+    /// Every SKU, then every order, one JSON object per line.
+    All,
+}
+
+/// The workload's shape; --spec reads every field of it from a TOML file, the flags override.
+#[derive(clap::Args)]
+struct WorkloadArgs {
+    /// TOML file with any WorkloadSpec fields (see src/generate.rs).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    orders: Option<usize>,
+    #[arg(long)]
+    skus: Option<usize>,
+    /// Event-time rate of new orders.
+    #[arg(long)]
+    orders_per_sec: Option<u64>,
+    #[arg(long)]
+    duplicate_ratio: Option<f64>,
+    #[arg(long)]
+    out_of_order_scan_ratio: Option<f64>,
+    #[arg(long)]
+    malformed_ratio: Option<f64>,
+    #[arg(long)]
+    payment_failure_ratio: Option<f64>,
+    #[arg(long)]
+    abandon_ratio: Option<f64>,
+}
+
+impl WorkloadArgs {
+    fn spec(&self) -> anyhow::Result<WorkloadSpec> {
+        let mut spec = match &self.spec {
+            Some(p) => toml::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing {}", p.display()))?,
+            None => WorkloadSpec::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f { spec.$f = v; })* };
+        }
+        set!(
+            seed,
+            orders,
+            skus,
+            orders_per_sec,
+            duplicate_ratio,
+            out_of_order_scan_ratio,
+            malformed_ratio,
+            payment_failure_ratio,
+            abandon_ratio
+        );
+        Ok(spec)
     }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load_with_env(path.map(PathBuf::as_path))?)
+}
+
+/// A small tokio runtime for the admin client's futures and the signal handlers; the poll
+/// loop itself is synchronous and runs on the calling thread.
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
+/// SIGTERM and SIGINT ask the runtime to finish its batch, commit and leave the group.
+fn on_signals(rt: &tokio::runtime::Runtime, shutdown: Shutdown) {
+    rt.spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown requested: committing the current batch");
+        shutdown.request();
+    });
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config, until_end } => {
+            let config = load_config(config.as_ref())?;
+            let rt = tokio_runtime()?;
+            let shutdown = Shutdown::default();
+            on_signals(&rt, shutdown.clone());
+            let mode = if until_end {
+                Mode::UntilEnd
+            } else {
+                Mode::Live
+            };
+            let report = runtime::run(&config, mode, shutdown, Arc::new(Progress::default()))?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Topics {
+            action: TopicsAction::Create { config },
+        } => {
+            let config = load_config(config.as_ref())?;
+            let created = tokio_runtime()?.block_on(kafka::create_topics(&config))?;
+            for t in &created {
+                println!("created {t}");
+            }
+            let layout = kafka::check_layout(&config)?;
+            println!(
+                "topics ready: order stage {} partitions, SKU stage {} partitions",
+                layout.order_partitions, layout.sku_partitions
+            );
+        }
+        Command::Inspect { config, what } => {
+            inspect(&load_config(config.as_ref())?, &what)?;
+        }
         Command::Simulate {
             input,
             out,
@@ -98,7 +273,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             state_dir,
         } => {
-            let mut config = load_config(config.as_ref())?;
+            let mut config = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
             if let Some(ttl) = reservation_ttl_ms {
                 config.rules.reservation_ttl_ms = ttl;
             }
@@ -122,18 +300,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Generate {
-            seed,
-            orders,
-            skus,
+            workload,
+            kafka: to_kafka,
+            config,
             out,
         } => {
-            let spec = WorkloadSpec {
-                seed,
-                orders,
-                skus,
-                ..WorkloadSpec::default()
-            };
+            let spec = workload.spec()?;
             let records = generate(&spec);
+            if to_kafka {
+                let config = load_config(config.as_ref())?;
+                let n = publish(&config, &records, true)?;
+                println!("produced {n} records to {}", config.kafka.bootstrap_servers);
+                return Ok(());
+            }
             let mut w: Box<dyn Write> = match &out {
                 Some(p) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(p)
@@ -155,63 +334,202 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Produces generated records to the configured topics, with a progress bar when asked.
+fn publish(config: &Config, records: &[Generated], show: bool) -> anyhow::Result<u64> {
+    let codec = Codec::new()?;
+    let names = TopicNames::from_config(config);
+    let mut encoded = Vec::with_capacity(records.len());
+    for r in records {
+        let topic = names
+            .external(r.topic)
+            .with_context(|| format!("no topic for {}", r.topic))?;
+        encoded.push((
+            topic,
+            r.key.as_deref().map(str::as_bytes),
+            r.encode(&codec)?,
+        ));
+    }
+    let bar = if show {
+        bar(records.len() as u64, "publishing")
+    } else {
+        ProgressBar::hidden()
+    };
+    let n = kafka::produce_all(
+        config,
+        encoded.iter().map(|(t, k, v)| (*t, *k, Some(v.as_slice()))),
+        |n| bar.set_position(n),
+    )?;
+    bar.finish_and_clear();
+    Ok(n)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>12} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn inspect(config: &Config, what: &InspectWhat) -> anyhow::Result<()> {
+    let state = LocalState::open(config)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match what {
+        InspectWhat::Sku { id } => match state.sku(id)? {
+            Some(view) => writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?,
+            None => anyhow::bail!("sku {id} is not in this machine's state"),
+        },
+        InspectWhat::Order { id } => match state.order(id)? {
+            Some(view) => writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?,
+            None => anyhow::bail!("order {id} is not in this machine's state"),
+        },
+        InspectWhat::All => {
+            for s in state.skus()? {
+                writeln!(out, "{}", serde_json::to_string(&s)?)?;
+            }
+            for o in state.orders()? {
+                writeln!(out, "{}", serde_json::to_string(&o)?)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
     let spec = WorkloadSpec {
         seed,
         orders,
         ..WorkloadSpec::default()
     };
-    println!("orderfold demo: a flash sale of {orders} orders over {} SKUs ({} hot), {partitions} partitions per stage", spec.skus, spec.hot_skus);
-    let records = generate(&spec);
-    let tmp = tempfile::tempdir()?;
-    let config = Config::default();
-    let batch = config.limits.commit_records_max;
-    let mut driver = Driver::open(tmp.path(), Topology::uniform(partitions), config)?;
-    for r in &records {
-        let value = r.encode(driver.codec())?;
-        driver.pipe(r.topic, r.key.as_deref().map(str::as_bytes), Some(value))?;
+    let partitions = partitions.max(1);
+    println!(
+        "orderfold demo: a flash sale of {orders} orders over {} SKUs ({} hot), {partitions} partitions per stage, on librdkafka's in-process mock cluster",
+        spec.skus, spec.hot_skus
+    );
+    let cluster = MockCluster::new(1).context("starting the mock cluster")?;
+    let state = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.kafka.bootstrap_servers = cluster.bootstrap_servers();
+    config.kafka.application_id = "orderfold-demo".into();
+    config.state.dir = state.path().to_path_buf();
+    config.topics.order_partitions = partitions;
+    config.topics.sku_partitions = partitions;
+    let names = TopicNames::from_config(&config);
+    for t in names.order_inputs().into_iter().chain([
+        names.reservation_expiry.as_str(),
+        names.tracking_status.as_str(),
+    ]) {
+        cluster.create_topic(t, partitions as i32, 1)?;
     }
-    let started = Instant::now();
-    driver.finish(batch)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let acc = driver.accounting();
-    let alerts = driver.alerts();
-    let count = |k: AlertKind| alerts.iter().filter(|a| a.kind == k).count();
-    let inputs: u64 = topics::INPUTS
+    for t in names
+        .sku_inputs()
+        .into_iter()
+        .chain([names.oversell_alerts.as_str()])
+    {
+        cluster.create_topic(t, partitions as i32, 1)?;
+    }
+    cluster.create_topic(&names.dead_letters, 1, 1)?;
+
+    let records = generate(&spec);
+    publish(&config, &records, true)?;
+    let order_stage_records = records
         .iter()
-        .map(|t| acc.get(*t).map_or(0, |a| a.consumed))
-        .sum();
-    let dups: u64 = topics::INPUTS
-        .iter()
-        .map(|t| acc.get(*t).map_or(0, |a| a.duplicates))
-        .sum();
-    let dead: u64 = topics::INPUTS
-        .iter()
-        .map(|t| acc.get(*t).map_or(0, |a| a.dead_lettered_total()))
-        .sum();
-    let reservations: usize = driver.skus()?.iter().map(|s| s.reservations.len()).sum();
-    println!("events          {inputs}");
-    println!("reservations    {reservations}");
-    println!("expiries        {}", driver.expiries().len());
-    println!("tracking        {}", driver.tracking_statuses().len());
-    println!(
-        "alerts          {} rejected, {} oversold, {} negative available",
-        count(AlertKind::RESERVATION_REJECTED),
-        count(AlertKind::OVERSOLD),
-        count(AlertKind::NEGATIVE_AVAILABLE)
-    );
-    println!("duplicates      {dups}");
-    println!("dead letters    {dead}");
-    println!(
-        "throughput      {:.0} events/s ({elapsed:.2} s, broker-free)",
-        inputs as f64 / elapsed.max(1e-9)
-    );
-    let mut oversold: std::collections::BTreeMap<&str, usize> = Default::default();
-    for a in alerts.iter().filter(|a| a.kind == AlertKind::OVERSOLD) {
-        *oversold.entry(a.sku.as_str()).or_default() += 1;
+        .filter(|r| r.topic != topics::INVENTORY)
+        .count() as u64;
+
+    let progress = Arc::new(Progress::default());
+    let report = std::thread::scope(|s| -> anyhow::Result<RunReport> {
+        let worker = s.spawn(|| {
+            runtime::run(
+                &config,
+                Mode::UntilEnd,
+                Shutdown::default(),
+                progress.clone(),
+            )
+        });
+        let bar = bar(order_stage_records, "processing");
+        while !worker.is_finished() {
+            bar.set_position(progress.order_records.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+        match worker.join() {
+            Ok(r) => Ok(r?),
+            Err(_) => anyhow::bail!("the runtime thread panicked"),
+        }
+    })?;
+    summarize(&config, &report)
+}
+
+fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
+    let names = TopicNames::from_config(config);
+    let inputs = [
+        &names.orders,
+        &names.payments,
+        &names.logistics,
+        &names.inventory,
+    ];
+    let sum = |f: &dyn Fn(&orderfold::stage::Accounting) -> u64| -> u64 {
+        inputs
+            .iter()
+            .filter_map(|t| report.accounting.get(t.as_str()))
+            .map(f)
+            .sum()
+    };
+    let events = sum(&|a| a.consumed);
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    for t in inputs {
+        if let Some(a) = report.accounting.get(t.as_str()) {
+            for (k, v) in &a.dead_lettered {
+                *dead.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+    let alerts = |k: AlertKind| report.alerts.get(k.label()).copied().unwrap_or(0);
+    let codec = Codec::new()?;
+    let mut oversold: BTreeMap<String, usize> = BTreeMap::new();
+    for r in kafka::read_to_end(config, &names.oversell_alerts)? {
+        if let Some(a) = r
+            .value
+            .as_deref()
+            .and_then(|v| codec.decode::<OversellAlert>(v).ok())
+        {
+            if a.kind == AlertKind::OVERSOLD {
+                *oversold.entry(a.sku).or_default() += 1;
+            }
+        }
     }
     let mut top: Vec<_> = oversold.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    println!("events          {events}");
+    println!("reservations    {}", report.reservations);
+    println!("expiries        {}", report.expiries);
+    println!("tracking        {}", report.tracking_updates);
+    println!(
+        "alerts          {} rejected, {} oversold, {} negative available",
+        alerts(AlertKind::RESERVATION_REJECTED),
+        alerts(AlertKind::OVERSOLD),
+        alerts(AlertKind::NEGATIVE_AVAILABLE)
+    );
+    println!("duplicates      {}", sum(&|a| a.duplicates));
+    println!(
+        "dead letters    {} ({})",
+        dead.values().sum::<u64>(),
+        dead.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "throughput      {:.0} events/s ({:.2} s end to end through Kafka, both stages)",
+        events as f64 / secs,
+        secs
+    );
     println!(
         "top oversold    {}",
         top.iter()
@@ -224,11 +542,17 @@ fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orderfold: {e:#}");

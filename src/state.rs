@@ -100,6 +100,8 @@ pub struct StateOptions {
     pub bloom_bits_per_key: f64,
     /// Memtable size per column family.
     pub write_buffer_bytes: usize,
+    /// Open without the write lock, so `inspect` can read while the service runs. Commits fail.
+    pub read_only: bool,
 }
 
 impl Default for StateOptions {
@@ -108,6 +110,7 @@ impl Default for StateOptions {
             sync_commits: false,
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 16 << 20,
+            read_only: false,
         }
     }
 }
@@ -142,7 +145,11 @@ impl TaskDb {
             o.set_memtable_prefix_bloom_ratio(0.05);
             ColumnFamilyDescriptor::new(s.name(), o)
         });
-        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
+        let db = if opts.read_only {
+            DB::open_cf_descriptors_read_only(&db_opts, dir, cfs, false)?
+        } else {
+            DB::open_cf_descriptors(&db_opts, dir, cfs)?
+        };
         Ok(TaskDb {
             db,
             stores: stores.to_vec(),

@@ -182,6 +182,7 @@ impl OrderTask {
     ) -> Result<OrderTask, TaskError> {
         let opts = StateOptions {
             sync_commits: config.state.sync_commits,
+            read_only: config.state.read_only,
             ..StateOptions::default()
         };
         let db = TaskDb::open(dir, &Store::ORDER_STAGE, &opts)?;

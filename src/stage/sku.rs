@@ -176,6 +176,7 @@ impl SkuTask {
     ) -> Result<SkuTask, TaskError> {
         let opts = StateOptions {
             sync_commits: config.state.sync_commits,
+            read_only: config.state.read_only,
             ..StateOptions::default()
         };
         let db = TaskDb::open(dir, &Store::SKU_STAGE, &opts)?;

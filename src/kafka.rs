@@ -1,0 +1,428 @@
+//! orderfold's Kafka clients: the settings every consumer, producer and admin client gets, the
+//! topic layout (names, partition counts, the startup check), and small whole-topic helpers
+//! used by `topics create`, `generate`, the demo, the benchmark and the tests.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::config::Config;
+
+/// How long metadata and admin requests may take before a command gives up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {0} does not exist (create it with `orderfold topics create`)")]
+    Missing(String),
+    #[error(
+        "co-partitioned topics disagree: {stage} stage inputs must have equal partition counts, \
+         but {counts}. Repartition them so partition p of each holds the same keys."
+    )]
+    Mismatch { stage: &'static str, counts: String },
+    #[error("cannot create topic {topic}: {code}")]
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("the broker did not acknowledge {failed} records: {first}")]
+    Unacknowledged { failed: u64, first: String },
+}
+
+/// Counts the deliveries a producer's broker refused, so a writer can wait for its records and
+/// then know whether all of them landed.
+#[derive(Default)]
+pub struct Acks {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Acks {
+    /// Takes the failures since the last call.
+    pub fn take_failures(&self) -> Result<(), ClientError> {
+        let failed = self.failed.swap(0, Ordering::AcqRel);
+        if failed == 0 {
+            return Ok(());
+        }
+        let first = self
+            .first_error
+            .lock()
+            .map(|mut e| e.take())
+            .unwrap_or_default()
+            .unwrap_or_default();
+        Err(ClientError::Unacknowledged { failed, first })
+    }
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::AcqRel);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Which stage an input topic feeds, and at which input index of that stage's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InputSlot {
+    Order(usize),
+    Sku(usize),
+}
+
+/// Every topic name orderfold uses, resolved from the config once.
+#[derive(Debug, Clone)]
+pub struct TopicNames {
+    pub orders: String,
+    pub payments: String,
+    pub logistics: String,
+    pub inventory: String,
+    pub sku_commands: String,
+    pub reservation_expiry: String,
+    pub tracking_status: String,
+    pub oversell_alerts: String,
+    pub dead_letters: String,
+}
+
+impl TopicNames {
+    pub fn from_config(config: &Config) -> TopicNames {
+        let t = &config.topics;
+        TopicNames {
+            orders: t.orders.clone(),
+            payments: t.payments.clone(),
+            logistics: t.logistics.clone(),
+            inventory: t.inventory.clone(),
+            sku_commands: config.sku_commands_topic(),
+            reservation_expiry: t.reservation_expiry.clone(),
+            tracking_status: t.tracking_status.clone(),
+            oversell_alerts: t.oversell_alerts.clone(),
+            dead_letters: config.dead_letter_topic(),
+        }
+    }
+
+    /// The order stage's inputs by rank (orders 0, payments 1, logistics 2).
+    pub fn order_inputs(&self) -> [&str; 3] {
+        [&self.orders, &self.payments, &self.logistics]
+    }
+
+    /// The SKU stage's inputs by index (inventory 0, commands 1).
+    pub fn sku_inputs(&self) -> [&str; 2] {
+        [&self.inventory, &self.sku_commands]
+    }
+
+    /// The topic the generator writes a record of the driver's topic `name` to.
+    pub fn external(&self, name: &str) -> Option<&str> {
+        use crate::driver::topics;
+        Some(match name {
+            topics::ORDERS => &self.orders,
+            topics::PAYMENTS => &self.payments,
+            topics::LOGISTICS => &self.logistics,
+            topics::INVENTORY => &self.inventory,
+            topics::RESERVATION_EXPIRY => &self.reservation_expiry,
+            topics::TRACKING_STATUS => &self.tracking_status,
+            topics::OVERSELL_ALERTS => &self.oversell_alerts,
+            topics::SKU_COMMANDS => &self.sku_commands,
+            topics::DLQ => &self.dead_letters,
+            _ => return None,
+        })
+    }
+
+    pub fn slot(&self, topic: &str) -> Option<InputSlot> {
+        if let Some(rank) = self.order_inputs().iter().position(|t| *t == topic) {
+            return Some(InputSlot::Order(rank));
+        }
+        self.sku_inputs()
+            .iter()
+            .position(|t| *t == topic)
+            .map(InputSlot::Sku)
+    }
+
+    pub fn inputs(&self) -> Vec<&str> {
+        let mut all = self.order_inputs().to_vec();
+        all.extend(self.sku_inputs());
+        all
+    }
+
+    pub fn outputs(&self) -> [&str; 4] {
+        [
+            &self.reservation_expiry,
+            &self.tracking_status,
+            &self.oversell_alerts,
+            &self.dead_letters,
+        ]
+    }
+}
+
+/// Partition counts of both stages, as found on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub order_partitions: u32,
+    pub sku_partitions: u32,
+}
+
+/// The settings every client gets, then the operator's librdkafka properties over them.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    c.set("client.id", &config.kafka.application_id);
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer for orderfold's outputs: idempotent, so a retried batch never reorders or
+/// duplicates within a partition (the SKU stage relies on commands preceding their watermark),
+/// and partitioned by murmur2 like Java clients, so commands land with their SKU's inventory.
+pub fn producer_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    c.set("client.id", &config.kafka.application_id);
+    c.set("partitioner", "murmur2_random");
+    c.set("enable.idempotence", "true");
+    c.set("linger.ms", "5");
+    c.set("batch.num.messages", "10000");
+    c.set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(config).create()
+}
+
+/// Partition counts of `topics`; a topic the broker does not know is absent from the map.
+pub fn partition_counts(
+    config: &Config,
+    topics: &[&str],
+) -> Result<BTreeMap<String, u32>, KafkaError> {
+    let consumer: BaseConsumer = client_config(config).create()?;
+    let mut counts = BTreeMap::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), REQUEST_TIMEOUT)?;
+        for mt in md.topics() {
+            if mt.error().is_none() && !mt.partitions().is_empty() {
+                counts.insert(mt.name().to_string(), mt.partitions().len() as u32);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The startup check: every topic exists, and each stage's inputs have equal partition counts
+/// (partition p of each must hold the same keys, or a task would see half an order).
+pub fn check_layout(config: &Config) -> Result<Layout, ClientError> {
+    let names = TopicNames::from_config(config);
+    let mut all = names.inputs();
+    all.extend(names.outputs());
+    let counts = partition_counts(config, &all)?;
+    for t in &all {
+        if !counts.contains_key(*t) {
+            return Err(ClientError::Missing(t.to_string()));
+        }
+    }
+    let stage = |name: &'static str, topics: &[&str]| -> Result<u32, ClientError> {
+        let n: Vec<u32> = topics.iter().map(|t| counts[*t]).collect();
+        if n.iter().all(|c| *c == n[0]) {
+            Ok(n[0])
+        } else {
+            Err(ClientError::Mismatch {
+                stage: name,
+                counts: topics
+                    .iter()
+                    .zip(&n)
+                    .map(|(t, c)| format!("{t} has {c}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
+    };
+    Ok(Layout {
+        order_partitions: stage("order", &names.order_inputs())?,
+        sku_partitions: stage("SKU", &names.sku_inputs())?,
+    })
+}
+
+/// Creates every topic orderfold reads or writes that does not exist yet: the order stage's
+/// topics with `topics.order_partitions`, the SKU stage's with `topics.sku_partitions`, the
+/// dead-letter topic with one. Returns the names it created.
+pub async fn create_topics(config: &Config) -> Result<Vec<String>, ClientError> {
+    let names = TopicNames::from_config(config);
+    let t = &config.topics;
+    let wanted: Vec<(&str, u32)> = vec![
+        (&names.orders, t.order_partitions),
+        (&names.payments, t.order_partitions),
+        (&names.logistics, t.order_partitions),
+        (&names.reservation_expiry, t.order_partitions),
+        (&names.tracking_status, t.order_partitions),
+        (&names.inventory, t.sku_partitions),
+        (&names.sku_commands, t.sku_partitions),
+        (&names.oversell_alerts, t.sku_partitions),
+        (&names.dead_letters, 1),
+    ];
+    let existing = partition_counts(config, &wanted.iter().map(|w| w.0).collect::<Vec<_>>())?;
+    let new: Vec<NewTopic> = wanted
+        .iter()
+        .filter(|(name, _)| !existing.contains_key(*name))
+        .map(|(name, n)| NewTopic::new(name, *n as i32, TopicReplication::Fixed(1)))
+        .collect();
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let mut created = Vec::new();
+    for result in admin(config)?.create_topics(&new, &opts).await? {
+        match result {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(ClientError::Create { topic, code }),
+        }
+    }
+    Ok(created)
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads every partition of `topic` from its start to the end offsets it has now, with no
+/// consumer group. For checks and summaries, not for processing.
+pub fn read_to_end(config: &Config, topic: &str) -> Result<Vec<ReadRecord>, KafkaError> {
+    let consumer: BaseConsumer = client_config(config)
+        .set("enable.auto.commit", "false")
+        .set(
+            "group.id",
+            format!("{}.reader", config.kafka.application_id),
+        )
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT)?;
+        if high > low {
+            ends.insert(p.id(), high);
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(ReadRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+        if ends
+            .get(&m.partition())
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
+            ends.remove(&m.partition());
+        }
+    }
+    Ok(out)
+}
+
+/// Headers as librdkafka takes them.
+pub fn owned_headers(headers: &[(String, Vec<u8>)]) -> Option<OwnedHeaders> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut h = OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    Some(h)
+}
+
+/// Sends records with a plain producer and waits until the broker has acknowledged them all:
+/// how `generate` and the tests write input. A full local queue is drained, not an error.
+pub fn produce_all<'a>(
+    config: &Config,
+    records: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>)>,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, ClientError> {
+    let producer: BaseProducer<Acks> =
+        producer_config(config).create_with_context(Acks::default())?;
+    let mut sent = 0;
+    for (topic, key, value) in records {
+        let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
+        record.key = key;
+        record.payload = value;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        sent += 1;
+        if sent % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+            progress(sent);
+        }
+    }
+    producer.flush(REQUEST_TIMEOUT)?;
+    producer.context().take_failures()?;
+    progress(sent);
+    Ok(sent)
+}

@@ -1,0 +1,985 @@
+//! The consumer-group runtime: one group member that owns a task per assigned (stage,
+//! partition), feeds them from a polling consumer with bounded per-partition buffers, produces
+//! their outputs, and commits with the `at_least_once` protocol. Tasks never see the broker;
+//! everything Kafka-shaped happens here.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::codec::Codec;
+use crate::config::{Config, Guarantee};
+use crate::event::Millis;
+use crate::kafka::{self, Acks, ClientError, InputSlot, Layout, TopicNames};
+use crate::sink::{OutRecord, OutTopic, Route};
+use crate::stage::order::{self as order_stage, OrderTask};
+use crate::stage::sku::{self as sku_stage, SkuTask};
+use crate::stage::{Accounting, Input, TaskError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("codec: {0}")]
+    Schema(#[from] crate::codec::SchemaError),
+    #[error(
+        "processing.guarantee = exactly_once is not available yet (issue #4); use at_least_once"
+    )]
+    Unsupported,
+    #[error("shutdown took longer than runtime.shutdown_timeout_ms; the last batch will be processed again")]
+    ShutdownTimeout,
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The service: runs until SIGTERM/SIGINT.
+    Live,
+    /// Processes the inputs up to the end offsets they have at startup, ends every order task
+    /// at the end of input, lets the SKU stage apply everything, commits and returns. A bounded
+    /// run is one instance: it finishes only once it owns every partition.
+    UntilEnd,
+}
+
+/// What a run did, for the summary.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunReport {
+    /// Order-stage input records processed by this process: after a restart only what was not
+    /// committed before, so the runs of one state add up to the input.
+    pub processed_this_run: u64,
+    /// Per input topic, over the whole life of the state (committed with it).
+    pub accounting: BTreeMap<String, Accounting>,
+    pub expiries: u64,
+    pub tracking_updates: u64,
+    pub commands: u64,
+    pub alerts: BTreeMap<String, u64>,
+    pub late_commands: u64,
+    pub forced_commands: u64,
+    pub reservations: u64,
+    #[serde(serialize_with = "as_secs")]
+    pub elapsed: Duration,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Live counters a progress display can read while the run goes on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Order-stage input records processed (orders, payments, logistics).
+    pub order_records: AtomicU64,
+    pub produced: AtomicU64,
+}
+
+/// Asks a running runtime to stop: what SIGTERM and SIGINT do.
+#[derive(Debug, Default, Clone)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A task and what the consumer has handed it so far.
+struct Slot<T, const N: usize> {
+    task: T,
+    /// Offset of the next record expected per input: a record below it is a redelivery (after
+    /// a pause or a seek) and is dropped, so the task sees each offset once.
+    fetched: [i64; N],
+    processed_since_commit: usize,
+}
+
+/// One record as taken from the consumer, owned so the consumer can be polled again.
+struct Consumed {
+    slot: InputSlot,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+/// Where a bounded run ends: each input partition's end offset at startup, and the latest
+/// inventory time (inventory can move the end of input past every order-stage event).
+struct Ends {
+    offsets: BTreeMap<(String, i32), i64>,
+    inventory_max: Millis,
+    order_finished: bool,
+}
+
+/// Everything the poll loop and the rebalance callback share. The callback runs inside
+/// `poll`, on the loop's own thread, so the lock is never contended; it exists to give both
+/// places mutable access.
+struct Engine {
+    config: Config,
+    names: TopicNames,
+    topic_cstrings: BTreeMap<String, CString>,
+    codec: Arc<Codec>,
+    layout: Layout,
+    partitions: BTreeMap<String, u32>,
+    state_root: PathBuf,
+    producer: BaseProducer<Acks>,
+    order: BTreeMap<u32, Slot<OrderTask, { order_stage::INPUTS }>>,
+    sku: BTreeMap<u32, Slot<SkuTask, { sku_stage::INPUTS }>>,
+    paused: BTreeSet<(String, i32)>,
+    ends: Option<Ends>,
+    wall_clock_advance: bool,
+    last_commit: Instant,
+    dirty: bool,
+    progress: Arc<Progress>,
+    report: RunReport,
+    /// When the first partitions were assigned: throughput counts from here, not from the
+    /// group join.
+    processing_started: Option<Instant>,
+    /// An error raised inside the rebalance callback, which cannot return one.
+    fatal: Option<RuntimeError>,
+}
+
+/// The consumer's context: routes rebalances to the engine.
+struct GroupContext {
+    engine: Mutex<Engine>,
+}
+
+impl GroupContext {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic elsewhere cannot leave the engine half-updated in a way a commit would
+        // persist: commits are atomic WriteBatches.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut engine = self.engine();
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => engine
+                .open_tasks(tpl)
+                .and_then(|()| consumer.assign(tpl).map_err(RuntimeError::from)),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let closed = engine.close_tasks(consumer);
+                let unassigned = consumer.unassign().map_err(RuntimeError::from);
+                closed.and(unassigned)
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                let closed = engine.close_tasks(consumer);
+                let unassigned = consumer.unassign().map_err(RuntimeError::from);
+                closed.and(unassigned)
+            }
+        };
+        if let Err(e) = result {
+            engine.fatal.get_or_insert(e);
+        }
+    }
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+impl Engine {
+    /// Creates the tasks of a new assignment and sets each partition's start to the offset in
+    /// the task's RocksDB, not the group's: the state says what has been applied.
+    fn open_tasks(&mut self, tpl: &mut TopicPartitionList) -> Result<(), RuntimeError> {
+        let mut starts = Vec::new();
+        for e in tpl.elements() {
+            let (topic, p) = (e.topic().to_string(), e.partition());
+            let Some(slot) = self.names.slot(&topic) else {
+                continue;
+            };
+            let Ok(partition) = u32::try_from(p) else {
+                continue;
+            };
+            let next = match slot {
+                InputSlot::Order(rank) => self.order_slot(partition)?.task.next_offset(rank),
+                InputSlot::Sku(input) => self.sku_slot(partition)?.task.next_offset(input),
+            };
+            starts.push((topic, p, next));
+        }
+        self.processing_started.get_or_insert_with(Instant::now);
+        for (topic, p, next) in starts {
+            tpl.set_partition_offset(&topic, p, Offset::Offset(next))?;
+            self.paused.remove(&(topic, p));
+        }
+        tracing::info!(
+            order_tasks = ?self.order.keys().collect::<Vec<_>>(),
+            sku_tasks = ?self.sku.keys().collect::<Vec<_>>(),
+            "partitions assigned"
+        );
+        Ok(())
+    }
+
+    fn order_slot(
+        &mut self,
+        p: u32,
+    ) -> Result<&mut Slot<OrderTask, { order_stage::INPUTS }>, RuntimeError> {
+        match self.order.entry(p) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(v) => {
+                let topics = self.names.order_inputs().map(String::from);
+                let dir = self.state_root.join(format!("order-{p}"));
+                let task = OrderTask::open(&dir, p, topics, self.codec.clone(), &self.config)?;
+                let fetched = std::array::from_fn(|i| task.next_offset(i));
+                Ok(v.insert(Slot {
+                    task,
+                    fetched,
+                    processed_since_commit: 0,
+                }))
+            }
+        }
+    }
+
+    fn sku_slot(
+        &mut self,
+        p: u32,
+    ) -> Result<&mut Slot<SkuTask, { sku_stage::INPUTS }>, RuntimeError> {
+        match self.sku.entry(p) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(v) => {
+                let topics = self.names.sku_inputs().map(String::from);
+                let dir = self.state_root.join(format!("sku-{p}"));
+                let task = SkuTask::open(
+                    &dir,
+                    p,
+                    topics,
+                    self.layout.order_partitions,
+                    self.codec.clone(),
+                    &self.config,
+                )?;
+                let fetched = std::array::from_fn(|i| task.next_offset(i));
+                Ok(v.insert(Slot {
+                    task,
+                    fetched,
+                    processed_since_commit: 0,
+                }))
+            }
+        }
+    }
+
+    /// Revocation: a final commit, then the tasks close (their RocksDB stays on disk).
+    fn close_tasks(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
+        if self.order.is_empty() && self.sku.is_empty() {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.runtime.produce_ack_timeout_ms);
+        self.commit(consumer, timeout)?;
+        self.collect_report()?;
+        self.order.clear();
+        self.sku.clear();
+        self.paused.clear();
+        tracing::info!("partitions revoked; tasks committed and closed");
+        Ok(())
+    }
+
+    /// Hands one consumed record to its task; pauses the partition when the task's buffer for
+    /// it is full.
+    fn push(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        record: Consumed,
+    ) -> Result<(), RuntimeError> {
+        let Consumed {
+            slot,
+            partition,
+            offset,
+            key,
+            value,
+        } = record;
+        let Ok(p) = u32::try_from(partition) else {
+            return Ok(());
+        };
+        let topic = self.topic_of(slot).to_string();
+        if let Some(ends) = &self.ends {
+            // Past the end captured at startup: a later run's input.
+            if ends
+                .offsets
+                .get(&(topic.clone(), partition))
+                .is_some_and(|end| offset >= *end)
+            {
+                return self.pause(consumer, &topic, partition);
+            }
+        }
+        let full = match slot {
+            InputSlot::Order(rank) => match self.order.get_mut(&p) {
+                Some(s) if offset >= s.fetched[rank] => {
+                    s.fetched[rank] = offset + 1;
+                    s.task.push(rank, offset, offset, key, value);
+                    s.task.is_full(rank)
+                }
+                _ => false,
+            },
+            InputSlot::Sku(input) => match self.sku.get_mut(&p) {
+                Some(s) if offset >= s.fetched[input] => {
+                    s.fetched[input] = offset + 1;
+                    s.task.push(input, offset, offset, key, value);
+                    s.task.is_full(input)
+                }
+                _ => false,
+            },
+        };
+        if full {
+            self.pause(consumer, &topic, partition)?;
+        }
+        Ok(())
+    }
+
+    fn topic_of(&self, slot: InputSlot) -> &str {
+        match slot {
+            InputSlot::Order(rank) => self.names.order_inputs()[rank],
+            InputSlot::Sku(input) => self.names.sku_inputs()[input],
+        }
+    }
+
+    fn pause(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), RuntimeError> {
+        if self.paused.insert((topic.to_string(), partition)) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            consumer.pause(&tpl)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes paused partitions whose task has drained its buffer below half the limit
+    /// (never one that reached a bounded run's end).
+    fn resume_drained(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+    ) -> Result<(), RuntimeError> {
+        let half = self.config.limits.buffer_records_max / 2;
+        let mut resume = TopicPartitionList::new();
+        let mut resumed = Vec::new();
+        for (topic, partition) in &self.paused {
+            let at_end = self.ends.as_ref().is_some_and(|e| {
+                e.offsets
+                    .get(&(topic.clone(), *partition))
+                    .is_some_and(|end| self.fetched(topic, *partition) >= *end)
+            });
+            let Some(buffered) = self.buffered(topic, *partition) else {
+                continue;
+            };
+            if !at_end && buffered <= half {
+                resume.add_partition(topic, *partition);
+                resumed.push((topic.clone(), *partition));
+            }
+        }
+        if !resumed.is_empty() {
+            consumer.resume(&resume)?;
+            for r in resumed {
+                self.paused.remove(&r);
+            }
+        }
+        Ok(())
+    }
+
+    fn buffered(&self, topic: &str, partition: i32) -> Option<usize> {
+        let p = u32::try_from(partition).ok()?;
+        match self.names.slot(topic)? {
+            InputSlot::Order(rank) => self.order.get(&p).map(|s| s.task.buffered(rank)),
+            InputSlot::Sku(input) => self.sku.get(&p).map(|s| s.task.buffered(input)),
+        }
+    }
+
+    fn fetched(&self, topic: &str, partition: i32) -> i64 {
+        let Ok(p) = u32::try_from(partition) else {
+            return 0;
+        };
+        match self.names.slot(topic) {
+            Some(InputSlot::Order(rank)) => self.order.get(&p).map_or(0, |s| s.fetched[rank]),
+            Some(InputSlot::Sku(input)) => self.sku.get(&p).map_or(0, |s| s.fetched[input]),
+            None => 0,
+        }
+    }
+
+    /// True when input `rank` of order task `p` has nothing buffered and nothing more to read
+    /// as far as anyone knows: its end offset in a bounded run, or in live mode the high
+    /// watermark of the latest fetch response.
+    fn caught_up(&self, consumer: &BaseConsumer<GroupContext>, p: u32, rank: usize) -> bool {
+        let Some(slot) = self.order.get(&p) else {
+            return false;
+        };
+        if slot.task.buffered(rank) > 0 {
+            return false;
+        }
+        let topic = self.names.order_inputs()[rank];
+        let end = match &self.ends {
+            Some(ends) => ends.offsets.get(&(topic.to_string(), p as i32)).copied(),
+            None => self.cached_high_watermark(consumer, topic, p as i32),
+        };
+        end.is_some_and(|end| slot.task.next_offset(rank) >= end)
+    }
+
+    /// The high watermark librdkafka remembers from its latest fetch response for the
+    /// partition: no request, so it can be asked every round. None until a fetch has answered.
+    fn cached_high_watermark(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        topic: &str,
+        partition: i32,
+    ) -> Option<i64> {
+        let name = self.topic_cstrings.get(topic)?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid for the consumer's lifetime, the topic name is a
+        // NUL-terminated string that outlives the call, and the out-pointers are valid i64s.
+        // The function only reads librdkafka's cached partition state.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                consumer.client().native_ptr(),
+                name.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+    }
+
+    /// One round of processing: every task runs on what it has buffered, up to its share of
+    /// the commit batch, and its outputs go to the producer at once. Returns records processed.
+    fn run_tasks(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<usize, RuntimeError> {
+        let limit = self.config.limits.commit_records_max;
+        let mut total = 0;
+        let mut order_records = 0;
+        let mut out = Vec::new();
+        let order_ids: Vec<u32> = self.order.keys().copied().collect();
+        for p in order_ids {
+            let caught_up = std::array::from_fn(|rank| self.caught_up(consumer, p, rank));
+            let Some(slot) = self.order.get_mut(&p) else {
+                continue;
+            };
+            let budget = limit.saturating_sub(slot.processed_since_commit);
+            let n = slot.task.run(caught_up, budget, &mut out)?;
+            slot.processed_since_commit += n;
+            total += n;
+            order_records += n as u64;
+            self.produce(&mut out)?;
+        }
+        for slot in self.sku.values_mut() {
+            let budget = limit.saturating_sub(slot.processed_since_commit);
+            let n = slot.task.run(budget, &mut out)?;
+            slot.processed_since_commit += n;
+            total += n;
+            // Borrow juggling: produce needs &self while the slot is borrowed mutably.
+            let records = std::mem::take(&mut out);
+            Self::send_all(
+                &self.producer,
+                &self.names,
+                &self.partitions,
+                &self.progress,
+                records,
+            )?;
+        }
+        if total > 0 {
+            self.dirty = true;
+            self.progress
+                .order_records
+                .fetch_add(order_records, Ordering::Relaxed);
+            self.report.processed_this_run += order_records;
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(total)
+    }
+
+    fn commit_due(&self) -> bool {
+        let limit = self.config.limits.commit_records_max;
+        self.order
+            .values()
+            .any(|s| s.processed_since_commit >= limit)
+            || self.sku.values().any(|s| s.processed_since_commit >= limit)
+            || self.last_commit.elapsed()
+                >= Duration::from_millis(self.config.runtime.commit_interval_ms)
+    }
+
+    fn produce(&self, out: &mut Vec<OutRecord>) -> Result<(), RuntimeError> {
+        Self::send_all(
+            &self.producer,
+            &self.names,
+            &self.partitions,
+            &self.progress,
+            std::mem::take(out),
+        )
+    }
+
+    /// Hands records to the producer without waiting for acknowledgements; the commit waits.
+    fn send_all(
+        producer: &BaseProducer<Acks>,
+        names: &TopicNames,
+        partitions: &BTreeMap<String, u32>,
+        progress: &Progress,
+        out: Vec<OutRecord>,
+    ) -> Result<(), RuntimeError> {
+        for r in out {
+            let topic: &str = match r.topic {
+                OutTopic::ReservationExpiry => &names.reservation_expiry,
+                OutTopic::TrackingStatus => &names.tracking_status,
+                OutTopic::OversellAlerts => &names.oversell_alerts,
+                OutTopic::SkuCommands => &names.sku_commands,
+                OutTopic::DeadLetters => &names.dead_letters,
+            };
+            let targets: Vec<Option<i32>> = match r.route {
+                Route::ByKey => vec![None],
+                Route::Partition(p) => vec![Some(p as i32)],
+                Route::EveryPartition => (0..partitions.get(topic).copied().unwrap_or(1))
+                    .map(|p| Some(p as i32))
+                    .collect(),
+            };
+            for partition in targets {
+                let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
+                record.key = r.key.as_deref();
+                record.payload = r.value.as_deref();
+                record.partition = partition;
+                record.headers = kafka::owned_headers(&r.headers);
+                send(producer, record)?;
+                progress.produced.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Live mode: an order task that is idle and caught up on every input moves its stream
+    /// time to the wall clock, so reservations expire and the SKU stage's watermark advances
+    /// while no orders come in.
+    fn advance_idle(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
+        if !self.wall_clock_advance {
+            return Ok(());
+        }
+        let now = now_ms();
+        let ids: Vec<u32> = self.order.keys().copied().collect();
+        let mut out = Vec::new();
+        for p in ids {
+            let idle = (0..order_stage::INPUTS).all(|rank| self.caught_up(consumer, p, rank));
+            let Some(slot) = self.order.get_mut(&p) else {
+                continue;
+            };
+            if idle && slot.processed_since_commit == 0 && slot.task.meta().stream_time < now {
+                slot.task.advance_to(now, &mut out)?;
+                self.dirty = true;
+            }
+        }
+        self.produce(&mut out)
+    }
+
+    /// A bounded run's end of the order stage: once every order task has read its inputs to
+    /// the captured end, each is advanced to E (the latest valid event time of all inputs,
+    /// inventory included) and marks end of input, which its next watermark tells the SKU
+    /// stage.
+    fn finish_order_stage(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+    ) -> Result<bool, RuntimeError> {
+        let Some(ends) = &self.ends else {
+            return Ok(false);
+        };
+        if ends.order_finished || self.order.len() as u32 != self.layout.order_partitions {
+            return Ok(false);
+        }
+        let ids: Vec<u32> = self.order.keys().copied().collect();
+        for p in &ids {
+            if !(0..order_stage::INPUTS).all(|rank| self.caught_up(consumer, *p, rank)) {
+                return Ok(false);
+            }
+        }
+        let end = self
+            .order
+            .values()
+            .map(|s| s.task.meta().stream_time)
+            .fold(ends.inventory_max, Millis::max);
+        let mut out = Vec::new();
+        for slot in self.order.values_mut() {
+            slot.task.finish(end, &mut out)?;
+        }
+        self.produce(&mut out)?;
+        self.dirty = true;
+        if let Some(ends) = &mut self.ends {
+            ends.order_finished = true;
+        }
+        tracing::info!(end_of_input = end, "order stage at end of input");
+        Ok(true)
+    }
+
+    /// A bounded run is over when the order stage has finished and every SKU task has heard
+    /// end of input from every order partition, applied every command and read its inventory.
+    fn bounded_done(&self) -> bool {
+        let Some(ends) = &self.ends else {
+            return false;
+        };
+        ends.order_finished
+            && self.sku.len() as u32 == self.layout.sku_partitions
+            && self.sku.iter().all(|(p, s)| {
+                let t = &s.task;
+                let inventory_end = ends
+                    .offsets
+                    .get(&(self.names.inventory.clone(), *p as i32))
+                    .copied()
+                    .unwrap_or(0);
+                t.watermark() == Millis::MAX
+                    && t.pending_commands() == 0
+                    && t.buffered(sku_stage::COMMANDS) == 0
+                    && t.buffered(sku_stage::INVENTORY) == 0
+                    && t.next_offset(sku_stage::INVENTORY) >= inventory_end
+            })
+    }
+
+    /// The `at_least_once` commit protocol. Outputs are handed to the producer as tasks create
+    /// them; a commit makes the batch durable in this order:
+    ///
+    /// 1. Each order task drops expired dedup ids and adds its watermark record behind its
+    ///    commands; each SKU task drops expired dedup ids.
+    /// 2. Wait until the broker has acknowledged every record produced since the last commit.
+    ///    If any was refused or the wait times out, stop here: nothing is committed, and the
+    ///    batch is processed again after a restart (outputs may repeat, byte-identical).
+    /// 3. Each task writes its state changes and the input offsets it has consumed in one
+    ///    atomic RocksDB WriteBatch. This, not the group, is where a task resumes.
+    /// 4. Commit the same offsets to the consumer group, asynchronously, so lag is visible.
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        ack_timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        if !self.dirty {
+            self.last_commit = Instant::now();
+            return Ok(());
+        }
+        // 1.
+        let mut out = Vec::new();
+        for slot in self.order.values_mut() {
+            slot.task.prepare_commit(&mut out)?;
+        }
+        for slot in self.sku.values_mut() {
+            slot.task.prepare_commit()?;
+        }
+        self.produce(&mut out)?;
+        // 2.
+        self.producer.flush(ack_timeout)?;
+        self.producer.context().take_failures()?;
+        // 3.
+        let mut offsets = TopicPartitionList::new();
+        for (p, slot) in &mut self.order {
+            slot.task.commit()?;
+            slot.processed_since_commit = 0;
+            for (rank, topic) in self.names.order_inputs().iter().enumerate() {
+                offsets.add_partition_offset(
+                    topic,
+                    *p as i32,
+                    Offset::Offset(slot.task.next_offset(rank)),
+                )?;
+            }
+        }
+        for (p, slot) in &mut self.sku {
+            slot.task.commit()?;
+            slot.processed_since_commit = 0;
+            for (input, topic) in self.names.sku_inputs().iter().enumerate() {
+                offsets.add_partition_offset(
+                    topic,
+                    *p as i32,
+                    Offset::Offset(slot.task.next_offset(input)),
+                )?;
+            }
+        }
+        // 4.
+        if offsets.count() > 0 {
+            if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+                // Lag reporting only: the state already holds the offsets.
+                tracing::debug!(error = %e, "group offset commit failed");
+            }
+        }
+        self.dirty = false;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    fn collect_report(&mut self) -> Result<(), RuntimeError> {
+        let names = self.names.clone();
+        let mut r = RunReport {
+            processed_this_run: self.report.processed_this_run,
+            ..RunReport::default()
+        };
+        for slot in self.order.values() {
+            let m = slot.task.meta();
+            for (rank, topic) in names.order_inputs().iter().enumerate() {
+                r.accounting
+                    .entry(topic.to_string())
+                    .or_default()
+                    .merge(&m.accounting[rank]);
+            }
+            r.expiries += m.expiries;
+            r.tracking_updates += m.tracking_updates;
+            r.commands += m.commands;
+        }
+        for slot in self.sku.values() {
+            let m = slot.task.meta();
+            for (input, topic) in names.sku_inputs().iter().enumerate() {
+                r.accounting
+                    .entry(topic.to_string())
+                    .or_default()
+                    .merge(&m.accounting[input]);
+            }
+            for (k, v) in &m.alerts {
+                *r.alerts.entry(k.clone()).or_default() += v;
+            }
+            r.late_commands += m.late_commands;
+            r.forced_commands += m.forced_commands;
+            if self.ends.is_some() {
+                r.reservations += slot
+                    .task
+                    .skus()?
+                    .iter()
+                    .map(|s| s.reservations.len() as u64)
+                    .sum::<u64>();
+            }
+        }
+        if !self.order.is_empty() || !self.sku.is_empty() {
+            self.report = r;
+        }
+        Ok(())
+    }
+}
+
+/// Hands one record to librdkafka, serving delivery reports while its queue is full.
+fn send(
+    producer: &BaseProducer<Acks>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), RuntimeError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// The consumer's own settings: a group member that never commits on its own (the commit
+/// protocol does) and gets co-partitioned inputs together (range assignment gives partition p
+/// of every topic with the same partition count to the same member).
+fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
+    let mut c = kafka::client_config(config);
+    c.set("group.id", &config.kafka.application_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range")
+        .set("enable.partition.eof", "false");
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Captures a bounded run's end: every input partition's end offset now, and the latest valid
+/// inventory time up to it.
+fn capture_ends(config: &Config, names: &TopicNames, codec: &Codec) -> Result<Ends, RuntimeError> {
+    let consumer: BaseConsumer = kafka::client_config(config).create()?;
+    let mut offsets = BTreeMap::new();
+    let counts = kafka::partition_counts(config, &names.inputs())?;
+    // The command topic has no end: this run writes it. The SKU stage is done when every
+    // order partition's end-of-input watermark has arrived instead.
+    for topic in names
+        .inputs()
+        .into_iter()
+        .filter(|t| *t != names.sku_commands)
+    {
+        for p in 0..counts.get(topic).copied().unwrap_or(0) {
+            let (_, high) = consumer.fetch_watermarks(topic, p as i32, kafka::REQUEST_TIMEOUT)?;
+            offsets.insert((topic.to_string(), p as i32), high);
+        }
+    }
+    let mut inventory_max = Millis::MIN;
+    for r in kafka::read_to_end(config, &names.inventory)? {
+        let within = offsets
+            .get(&(names.inventory.clone(), r.partition))
+            .is_some_and(|end| r.offset < *end);
+        if !within {
+            continue;
+        }
+        if let Ok(e) = sku_stage::decode_inventory(codec, r.key.as_deref(), r.value.as_deref()) {
+            inventory_max = inventory_max.max(e.occurred_at);
+        }
+    }
+    Ok(Ends {
+        offsets,
+        inventory_max,
+        order_finished: false,
+    })
+}
+
+/// Runs one group member until `shutdown` is requested or, in `Mode::UntilEnd`, until the
+/// input captured at startup is processed. Refuses to start on a topic layout whose
+/// co-partitioned topics disagree.
+pub fn run(
+    config: &Config,
+    mode: Mode,
+    shutdown: Shutdown,
+    progress: Arc<Progress>,
+) -> Result<RunReport, RuntimeError> {
+    if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
+        return Err(RuntimeError::Unsupported);
+    }
+    let started = Instant::now();
+    let names = TopicNames::from_config(config);
+    let layout = kafka::check_layout(config)?;
+    let mut all = names.inputs();
+    all.extend(names.outputs());
+    let partitions = kafka::partition_counts(config, &all)?;
+    let codec = Codec::new()?;
+    let ends = match mode {
+        Mode::UntilEnd => Some(capture_ends(config, &names, &codec)?),
+        Mode::Live => None,
+    };
+    let producer: BaseProducer<Acks> =
+        kafka::producer_config(config).create_with_context(Acks::default())?;
+    let topic_cstrings = names
+        .inputs()
+        .iter()
+        .filter_map(|t| CString::new(*t).ok().map(|c| (t.to_string(), c)))
+        .collect();
+    let engine = Engine {
+        config: config.clone(),
+        names: names.clone(),
+        topic_cstrings,
+        codec,
+        layout,
+        partitions,
+        state_root: config.state.dir.join(&config.kafka.application_id),
+        producer,
+        order: BTreeMap::new(),
+        sku: BTreeMap::new(),
+        paused: BTreeSet::new(),
+        wall_clock_advance: mode == Mode::Live && config.runtime.wall_clock_advance,
+        ends,
+        last_commit: Instant::now(),
+        dirty: false,
+        progress,
+        report: RunReport::default(),
+        processing_started: None,
+        fatal: None,
+    };
+    let context = GroupContext {
+        engine: Mutex::new(engine),
+    };
+    let consumer: BaseConsumer<GroupContext> =
+        consumer_config(config).create_with_context(context)?;
+    consumer.subscribe(&names.inputs())?;
+    tracing::info!(
+        group = %config.kafka.application_id,
+        order_partitions = layout.order_partitions,
+        sku_partitions = layout.sku_partitions,
+        ?mode,
+        "joined the group"
+    );
+
+    let poll_max = config.runtime.poll_records_max;
+    let poll_timeout = Duration::from_millis(config.runtime.poll_timeout_ms);
+    let ack_timeout = Duration::from_millis(config.runtime.produce_ack_timeout_ms);
+    let mut batch: Vec<Consumed> = Vec::with_capacity(poll_max);
+    let mut wait = Duration::ZERO;
+    loop {
+        if shutdown.requested() {
+            break;
+        }
+        // Poll without the lock: a rebalance callback inside poll takes it.
+        batch.clear();
+        let mut timeout = wait;
+        while batch.len() < poll_max {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Ok(m)) => {
+                    if let Some(slot) = names.slot(m.topic()) {
+                        batch.push(Consumed {
+                            slot,
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().map(<[u8]>::to_vec),
+                        });
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            }
+            timeout = Duration::ZERO;
+        }
+        let ctx = consumer.context();
+        let mut engine = ctx.engine();
+        if let Some(e) = engine.fatal.take() {
+            return Err(e);
+        }
+        let polled = batch.len();
+        for record in batch.drain(..) {
+            engine.push(&consumer, record)?;
+        }
+        let processed = engine.run_tasks(&consumer)?;
+        let finished_now = engine.finish_order_stage(&consumer)?;
+        if engine.commit_due() || finished_now {
+            engine.advance_idle(&consumer)?;
+            engine.commit(&consumer, ack_timeout)?;
+        }
+        engine.resume_drained(&consumer)?;
+        if engine.bounded_done() {
+            engine.commit(&consumer, ack_timeout)?;
+            break;
+        }
+        wait = if processed == 0 && polled == 0 {
+            poll_timeout
+        } else {
+            Duration::ZERO
+        };
+    }
+
+    // Shutdown: commit what is processed, close the tasks, then leave the group (dropping the
+    // consumer closes it, which revokes an empty assignment).
+    let deadline = Duration::from_millis(config.runtime.shutdown_timeout_ms);
+    let report = {
+        let ctx = consumer.context();
+        let mut engine = ctx.engine();
+        engine.commit(&consumer, deadline).map_err(|e| match e {
+            RuntimeError::Kafka(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                RuntimeError::ShutdownTimeout
+            }
+            other => other,
+        })?;
+        engine.collect_report()?;
+        engine.order.clear();
+        engine.sku.clear();
+        let mut report = engine.report.clone();
+        report.elapsed = engine.processing_started.unwrap_or(started).elapsed();
+        report
+    };
+    drop(consumer);
+    Ok(report)
+}

@@ -1,0 +1,287 @@
+//! Helpers for the tests that run orderfold on a broker: a config with random topic and group
+//! names, the expected result from the broker-free driver fed the same log, and the actual
+//! result read back from the broker's topics and the task state.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use orderfold::codec::Codec;
+use orderfold::config::Config;
+use orderfold::driver::{topics, Driver, Record, Topology};
+use orderfold::event::{OversellAlert, ReservationExpired, TrackingStatus};
+use orderfold::generate::{generate, Generated, WorkloadSpec};
+use orderfold::inspect::LocalState;
+use orderfold::kafka::{self, ReadRecord, TopicNames};
+use orderfold::stage::order::OrderView;
+use orderfold::stage::sku::SkuView;
+
+/// A name part no other test (in this process or another) uses: pid, clock and a counter.
+pub fn unique_tag() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{:x}{:x}{}",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A config whose topics and group are named for this test alone.
+pub fn config(
+    bootstrap: &str,
+    state_dir: &Path,
+    order_partitions: u32,
+    sku_partitions: u32,
+) -> Config {
+    let tag = unique_tag();
+    let mut c = Config::default();
+    c.kafka.bootstrap_servers = bootstrap.to_string();
+    c.kafka.application_id = format!("of-{tag}");
+    c.state.dir = state_dir.to_path_buf();
+    c.topics.orders = format!("orders-{tag}");
+    c.topics.payments = format!("payments-{tag}");
+    c.topics.logistics = format!("logistics-{tag}");
+    c.topics.inventory = format!("inventory-{tag}");
+    c.topics.reservation_expiry = format!("reservation-expiry-{tag}");
+    c.topics.tracking_status = format!("tracking-status-{tag}");
+    c.topics.oversell_alerts = format!("oversell-alerts-{tag}");
+    c.topics.order_partitions = order_partitions;
+    c.topics.sku_partitions = sku_partitions;
+    c.runtime.wall_clock_advance = false;
+    c
+}
+
+/// Writes a config as a TOML file for a child process.
+pub fn write_config(config: &Config, path: &Path) {
+    std::fs::write(path, toml::to_string(config).unwrap()).unwrap();
+}
+
+pub fn workload(seed: u64, orders: usize) -> (WorkloadSpec, Vec<Generated>) {
+    let spec = WorkloadSpec {
+        seed,
+        orders,
+        skus: 200,
+        ..WorkloadSpec::default()
+    };
+    let records = generate(&spec);
+    (spec, records)
+}
+
+/// How many records the order stage reads (everything but inventory).
+pub fn order_stage_records(records: &[Generated]) -> u64 {
+    records
+        .iter()
+        .filter(|r| r.topic != topics::INVENTORY)
+        .count() as u64
+}
+
+/// Outputs keyed for comparison: per output topic, per key, the values in log order.
+pub type ByKey = BTreeMap<String, BTreeMap<Option<Vec<u8>>, Vec<Vec<u8>>>>;
+
+/// A run's result, in a form two runs can be compared in.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    pub outputs: ByKey,
+    /// (reason, key, value) of each dead letter, sorted: dead letters carry their origin's
+    /// offset, which the driver reports as an index, so only these are comparable.
+    pub dead_letters: Vec<(String, Option<Vec<u8>>, Vec<u8>)>,
+    pub skus: Vec<SkuView>,
+    pub orders: Vec<OrderView>,
+}
+
+const OUTPUTS: [&str; 3] = [
+    topics::RESERVATION_EXPIRY,
+    topics::TRACKING_STATUS,
+    topics::OVERSELL_ALERTS,
+];
+
+fn header(headers: &[(String, Vec<u8>)], name: &str) -> String {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// What the broker-free driver computes from the same log, with the same partition counts.
+pub fn expected(records: &[Generated], config: &Config, order_p: u32, sku_p: u32) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology {
+        order_partitions: order_p,
+        sku_partitions: sku_p,
+    };
+    let mut driver = Driver::open(dir.path(), topology, config.clone()).unwrap();
+    let codec = driver.codec().clone();
+    for r in records {
+        let value = r.encode(&codec).unwrap();
+        driver
+            .pipe(r.topic, r.key.as_deref().map(str::as_bytes), Some(value))
+            .unwrap();
+    }
+    driver.finish(config.limits.commit_records_max).unwrap();
+    let mut outputs = ByKey::new();
+    for t in OUTPUTS {
+        let per_key = outputs.entry(t.to_string()).or_default();
+        for r in driver.records(t) {
+            per_key
+                .entry(r.key.clone())
+                .or_default()
+                .push(r.value.clone().unwrap_or_default());
+        }
+    }
+    let mut dead_letters: Vec<_> = driver
+        .dead_letters()
+        .into_iter()
+        .map(|r: &Record| {
+            (
+                header(&r.headers, "reason"),
+                r.key.clone(),
+                r.value.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    dead_letters.sort();
+    Outcome {
+        outputs,
+        dead_letters,
+        skus: driver.skus().unwrap(),
+        orders: driver.orders().unwrap(),
+    }
+}
+
+/// Every output topic as read from the broker, by the driver's topic names.
+pub fn read_outputs(config: &Config) -> BTreeMap<&'static str, Vec<ReadRecord>> {
+    let names = TopicNames::from_config(config);
+    let mut all = BTreeMap::new();
+    for t in OUTPUTS.into_iter().chain([topics::DLQ]) {
+        let name = names.external(t).unwrap();
+        all.insert(t, kafka::read_to_end(config, name).unwrap());
+    }
+    all
+}
+
+/// The event id of an output record, decoded with the schema of its topic.
+pub fn event_id(codec: &Codec, topic: &str, value: &[u8]) -> String {
+    match topic {
+        topics::RESERVATION_EXPIRY => codec.decode::<ReservationExpired>(value).unwrap().event_id,
+        topics::TRACKING_STATUS => codec.decode::<TrackingStatus>(value).unwrap().event_id,
+        topics::OVERSELL_ALERTS => codec.decode::<OversellAlert>(value).unwrap().event_id,
+        other => panic!("no event id on {other}"),
+    }
+}
+
+/// The result read back from the broker and the task state. With `allow_duplicates`, a
+/// repeated output (same event id) must be byte-identical to its first copy and is then
+/// dropped, and dead letters are compared as a set: what an at-least-once run after crashes
+/// may legitimately repeat. Without it, any repetition fails.
+pub fn actual(config: &Config, allow_duplicates: bool) -> Outcome {
+    let codec = Codec::new().unwrap();
+    let read = read_outputs(config);
+    let mut outputs = ByKey::new();
+    let mut repeated = 0;
+    for t in OUTPUTS {
+        let per_key = outputs.entry(t.to_string()).or_default();
+        let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for r in &read[t] {
+            let value = r.value.clone().unwrap_or_default();
+            let id = event_id(&codec, t, &value);
+            if let Some(earlier) = first.get(&id) {
+                assert_eq!(
+                    earlier, &value,
+                    "a repeated {t} output {id} differs from its first copy"
+                );
+                repeated += 1;
+                continue;
+            }
+            first.insert(id, value.clone());
+            per_key.entry(r.key.clone()).or_default().push(value);
+        }
+    }
+    assert!(
+        allow_duplicates || repeated == 0,
+        "{repeated} outputs were produced twice in a run without crashes"
+    );
+    let mut dead_letters: Vec<_> = read[topics::DLQ]
+        .iter()
+        .map(|r| {
+            (
+                header(&r.headers, "reason"),
+                r.key.clone(),
+                r.value.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    dead_letters.sort();
+    if allow_duplicates {
+        // A dead letter has no event id; the (topic, partition, offset) it came from is its
+        // identity, so count each origin once.
+        let mut seen = BTreeSet::new();
+        let mut unique: Vec<_> = read[topics::DLQ]
+            .iter()
+            .filter(|r| {
+                seen.insert((
+                    header(&r.headers, "topic"),
+                    header(&r.headers, "partition"),
+                    header(&r.headers, "offset"),
+                ))
+            })
+            .map(|r| {
+                (
+                    header(&r.headers, "reason"),
+                    r.key.clone(),
+                    r.value.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        unique.sort();
+        dead_letters = unique;
+    }
+    let state = LocalState::open(config).unwrap();
+    Outcome {
+        outputs,
+        dead_letters,
+        skus: state.skus().unwrap(),
+        orders: state.orders().unwrap(),
+    }
+}
+
+/// Compares two outcomes part by part, so a failure says which part differs.
+pub fn assert_same(actual: &Outcome, expected: &Outcome) {
+    for (topic, want) in &expected.outputs {
+        let got = actual.outputs.get(topic).cloned().unwrap_or_default();
+        let total: usize = want.values().map(Vec::len).sum();
+        assert!(total > 0, "the workload produced no {topic} outputs");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{topic}: number of keys with outputs"
+        );
+        for (key, values) in want {
+            assert_eq!(
+                got.get(key),
+                Some(values),
+                "{topic}: outputs for key {:?}",
+                key.as_deref().map(String::from_utf8_lossy)
+            );
+        }
+    }
+    assert_eq!(actual.dead_letters, expected.dead_letters, "dead letters");
+    assert_eq!(actual.skus.len(), expected.skus.len(), "number of SKUs");
+    for (a, e) in actual.skus.iter().zip(&expected.skus) {
+        assert_eq!(a, e, "state of {}", e.sku);
+    }
+    assert_eq!(
+        actual.orders.len(),
+        expected.orders.len(),
+        "number of orders"
+    );
+    for (a, e) in actual.orders.iter().zip(&expected.orders) {
+        assert_eq!(a, e, "state of order {}", e.order_id);
+    }
+}

@@ -1,0 +1,121 @@
+//! End to end on librdkafka's in-process mock cluster: a generated workload is produced, the
+//! runtime runs to the end of its input, and every output topic and the final state equal the
+//! broker-free driver's on the same log. (The mock cluster cannot show exactly-once; nothing
+//! here relies on transactions.)
+
+mod broker;
+
+use std::sync::Arc;
+
+use orderfold::codec::Codec;
+use orderfold::config::Config;
+use orderfold::kafka::{self, TopicNames};
+use orderfold::runtime::{self, Mode, Progress, Shutdown};
+use rdkafka::mocking::MockCluster;
+
+fn create_topics(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    config: &Config,
+) {
+    let names = TopicNames::from_config(config);
+    let (o, s) = (
+        config.topics.order_partitions as i32,
+        config.topics.sku_partitions as i32,
+    );
+    for t in names.order_inputs() {
+        cluster.create_topic(t, o, 1).unwrap();
+    }
+    cluster
+        .create_topic(&names.reservation_expiry, o, 1)
+        .unwrap();
+    cluster.create_topic(&names.tracking_status, o, 1).unwrap();
+    for t in names.sku_inputs() {
+        cluster.create_topic(t, s, 1).unwrap();
+    }
+    cluster.create_topic(&names.oversell_alerts, s, 1).unwrap();
+    cluster.create_topic(&names.dead_letters, 1, 1).unwrap();
+}
+
+fn produce(config: &Config, records: &[orderfold::generate::Generated]) {
+    let codec = Codec::new().unwrap();
+    let names = TopicNames::from_config(config);
+    let encoded: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                names.external(r.topic).unwrap().to_string(),
+                r.key.clone(),
+                r.encode(&codec).unwrap(),
+            )
+        })
+        .collect();
+    kafka::produce_all(
+        config,
+        encoded.iter().map(|(t, k, v)| {
+            (
+                t.as_str(),
+                k.as_deref().map(str::as_bytes),
+                Some(v.as_slice()),
+            )
+        }),
+        |_| {},
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_run_on_the_embedded_broker_equals_the_broker_free_driver() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // Different partition counts per stage, and small buffers and batches, so pausing,
+    // resuming and many commits all happen.
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 3, 2);
+    config.limits.buffer_records_max = 300;
+    config.limits.commit_records_max = 2_000;
+    config.runtime.poll_records_max = 500;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(11, 4_000);
+    produce(&config, &records);
+
+    let report = runtime::run(
+        &config,
+        Mode::UntilEnd,
+        Shutdown::default(),
+        Arc::new(Progress::default()),
+    )
+    .unwrap();
+    assert_eq!(
+        report.processed_this_run,
+        broker::order_stage_records(&records)
+    );
+    for (topic, a) in &report.accounting {
+        assert!(a.closes(), "accounting of {topic} does not close: {a:?}");
+    }
+
+    let want = broker::expected(&records, &config, 3, 2);
+    let got = broker::actual(&config, false);
+    broker::assert_same(&got, &want);
+}
+
+#[test]
+fn a_misconfigured_layout_is_refused_naming_the_topics() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    create_topics(&cluster, &config);
+    // payments with one partition more than orders and logistics.
+    let mut wrong = config.clone();
+    wrong.topics.payments = format!("{}-3", config.topics.payments);
+    cluster.create_topic(&wrong.topics.payments, 3, 1).unwrap();
+    let err = runtime::run(
+        &wrong,
+        Mode::UntilEnd,
+        Shutdown::default(),
+        Arc::new(Progress::default()),
+    )
+    .expect_err("a run on mismatched partition counts must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains(&wrong.topics.payments), "{msg}");
+    assert!(msg.contains(&wrong.topics.orders), "{msg}");
+    assert!(!state.path().join(&config.kafka.application_id).exists());
+}
