@@ -52,7 +52,9 @@ pub enum Mode {
     Live,
     /// Processes the inputs up to the end offsets they have at startup, ends every order task
     /// at the end of input, lets the SKU stage apply everything, commits and returns. A bounded
-    /// run is one instance: it finishes only once it owns every partition.
+    /// run is one instance that assigns itself every partition rather than joining the group;
+    /// it still commits offsets under the group id for lag. Don't run it beside live members
+    /// of the same application id.
     UntilEnd,
 }
 
@@ -683,8 +685,11 @@ impl Engine {
         }
         self.produce(&mut out)?;
         // 2.
+        let flush_started = Instant::now();
         self.producer.flush(ack_timeout)?;
         self.producer.context().take_failures()?;
+        let flush_ms = flush_started.elapsed().as_millis();
+        let write_started = Instant::now();
         // 3.
         let mut offsets = TopicPartitionList::new();
         for (p, slot) in &mut self.order {
@@ -709,6 +714,13 @@ impl Engine {
                 )?;
             }
         }
+        tracing::debug!(
+            flush_ms,
+            write_ms = write_started.elapsed().as_millis(),
+            since_last_ms = self.last_commit.elapsed().as_millis(),
+            processed = self.report.processed_this_run,
+            "committed"
+        );
         // 4.
         if offsets.count() > 0 {
             if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
@@ -895,13 +907,33 @@ pub fn run(
     };
     let consumer: BaseConsumer<GroupContext> =
         consumer_config(config).create_with_context(context)?;
-    consumer.subscribe(&names.inputs())?;
+    match mode {
+        Mode::Live => consumer.subscribe(&names.inputs())?,
+        Mode::UntilEnd => {
+            // A bounded run takes every partition itself instead of joining the group: it
+            // cannot be rebalanced away mid-run, and a restart after a crash starts at once
+            // instead of waiting out the dead member's session.
+            let mut tpl = TopicPartitionList::new();
+            for (topic, n) in names
+                .order_inputs()
+                .into_iter()
+                .zip([layout.order_partitions; 3])
+            {
+                tpl.add_partition_range(topic, 0, n as i32 - 1);
+            }
+            for topic in names.sku_inputs() {
+                tpl.add_partition_range(topic, 0, layout.sku_partitions as i32 - 1);
+            }
+            consumer.context().engine().open_tasks(&mut tpl)?;
+            consumer.assign(&tpl)?;
+        }
+    }
     tracing::info!(
         group = %config.kafka.application_id,
         order_partitions = layout.order_partitions,
         sku_partitions = layout.sku_partitions,
         ?mode,
-        "joined the group"
+        "consumer started"
     );
 
     let poll_max = config.runtime.poll_records_max;
@@ -944,6 +976,7 @@ pub fn run(
             engine.push(&consumer, record)?;
         }
         let processed = engine.run_tasks(&consumer)?;
+        tracing::trace!(polled, processed, "round");
         let finished_now = engine.finish_order_stage(&consumer)?;
         if engine.commit_due() || finished_now {
             engine.advance_idle(&consumer)?;

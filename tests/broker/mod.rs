@@ -203,6 +203,9 @@ pub fn actual(config: &Config, allow_duplicates: bool) -> Outcome {
             per_key.entry(r.key.clone()).or_default().push(value);
         }
     }
+    if repeated > 0 {
+        eprintln!("{repeated} outputs repeated byte-identically after crashes");
+    }
     assert!(
         allow_duplicates || repeated == 0,
         "{repeated} outputs were produced twice in a run without crashes"
