@@ -36,6 +36,8 @@ pub enum ClientError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("{0}")]
+    Io(String),
     #[error("the broker did not acknowledge {failed} records: {first}")]
     Unacknowledged { failed: u64, first: String },
 }
@@ -46,9 +48,27 @@ pub enum ClientError {
 pub struct Acks {
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// With `tracking_ends`, the end offset each delivered record proves, per partition.
+    ends: Option<Mutex<EndOffsets>>,
 }
 
 impl Acks {
+    /// Also remembers the offset after each acknowledged record, per partition: what a writer
+    /// knows to be the end of what it wrote, whatever the broker reports.
+    pub fn tracking_ends() -> Acks {
+        Acks {
+            ends: Some(Mutex::new(EndOffsets::new())),
+            ..Acks::default()
+        }
+    }
+
+    pub fn ends(&self) -> EndOffsets {
+        self.ends
+            .as_ref()
+            .and_then(|e| e.lock().ok().map(|e| e.clone()))
+            .unwrap_or_default()
+    }
+
     /// Takes the failures since the last call.
     pub fn take_failures(&self) -> Result<(), ClientError> {
         let failed = self.failed.swap(0, Ordering::AcqRel);
@@ -71,6 +91,12 @@ impl ProducerContext for Acks {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let (Ok(m), Some(ends)) = (result, &self.ends) {
+            if let Ok(mut ends) = ends.lock() {
+                let end = ends.entry((m.topic().to_string(), m.partition())).or_default();
+                *end = (*end).max(m.offset() + 1);
+            }
+        }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::AcqRel);
             if let Ok(mut first) = self.first_error.lock() {
@@ -279,6 +305,14 @@ pub async fn create_topics(config: &Config) -> Result<Vec<String>, ClientError> 
         (&names.oversell_alerts, t.sku_partitions),
         (&names.dead_letters, 1),
     ];
+    create_missing(config, &wanted).await
+}
+
+/// Creates those of `wanted` (name, partitions) that do not exist yet; returns their names.
+pub async fn create_missing(
+    config: &Config,
+    wanted: &[(&str, u32)],
+) -> Result<Vec<String>, ClientError> {
     let existing = partition_counts(config, &wanted.iter().map(|w| w.0).collect::<Vec<_>>())?;
     let new: Vec<NewTopic> = wanted
         .iter()
@@ -310,9 +344,22 @@ pub struct ReadRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// End offsets (the offset after the last record) per (topic, partition).
+pub type EndOffsets = BTreeMap<(String, i32), i64>;
+
 /// Reads every partition of `topic` from its start to the end offsets it has now, with no
 /// consumer group. For checks and summaries, not for processing.
 pub fn read_to_end(config: &Config, topic: &str) -> Result<Vec<ReadRecord>, KafkaError> {
+    read_until(config, topic, None)
+}
+
+/// Like `read_to_end`, but to the given end offsets where known (a broker's own end offset
+/// can be wrong: tansu 0.6.0's memory engine reports the start of the last batch plus one).
+pub fn read_until(
+    config: &Config,
+    topic: &str,
+    known_ends: Option<&EndOffsets>,
+) -> Result<Vec<ReadRecord>, KafkaError> {
     let consumer: BaseConsumer = client_config(config)
         .set("enable.auto.commit", "false")
         .set(
@@ -324,7 +371,10 @@ pub fn read_to_end(config: &Config, topic: &str) -> Result<Vec<ReadRecord>, Kafk
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in md.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT)?;
+        let (low, mut high) = consumer.fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT)?;
+        if let Some(end) = known_ends.and_then(|e| e.get(&(topic.to_string(), p.id()))) {
+            high = *end;
+        }
         if high > low {
             ends.insert(p.id(), high);
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
@@ -393,13 +443,14 @@ pub fn owned_headers(headers: &[(String, Vec<u8>)]) -> Option<OwnedHeaders> {
 
 /// Sends records with a plain producer and waits until the broker has acknowledged them all:
 /// how `generate` and the tests write input. A full local queue is drained, not an error.
+/// Returns the end offset of each partition written, as the acknowledgements prove it.
 pub fn produce_all<'a>(
     config: &Config,
     records: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>)>,
     mut progress: impl FnMut(u64),
-) -> Result<u64, ClientError> {
+) -> Result<EndOffsets, ClientError> {
     let producer: BaseProducer<Acks> =
-        producer_config(config).create_with_context(Acks::default())?;
+        producer_config(config).create_with_context(Acks::tracking_ends())?;
     let mut sent = 0;
     for (topic, key, value) in records {
         let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
@@ -424,5 +475,5 @@ pub fn produce_all<'a>(
     producer.flush(REQUEST_TIMEOUT)?;
     producer.context().take_failures()?;
     progress(sent);
-    Ok(sent)
+    Ok(producer.context().ends())
 }

@@ -6,6 +6,7 @@
 //! → `sink`, with the `stage` tasks tying them together per partition, `driver` running a whole
 //! topology without a broker, and `config` beside them.
 
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod driver;

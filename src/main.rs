@@ -18,7 +18,7 @@ use orderfold::driver::topics;
 use orderfold::event::{AlertKind, OversellAlert};
 use orderfold::generate::{generate, Generated, WorkloadSpec};
 use orderfold::inspect::LocalState;
-use orderfold::kafka::{self, TopicNames};
+use orderfold::kafka::{self, EndOffsets, TopicNames};
 use orderfold::runtime::{self, Mode, Progress, RunReport, Shutdown};
 use orderfold::simulate::{simulate, SimulateOptions};
 use rdkafka::mocking::MockCluster;
@@ -111,6 +111,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Measure end-to-end events/s on the configured broker against its raw ceiling (consume
+    /// the inputs and produce the same bytes back), both in this run.
+    Bench(BenchArgs),
     /// Zero setup: an in-process Kafka (librdkafka's mock cluster), topics created, a flash
     /// sale generated and processed, and a summary of what happened.
     Demo {
@@ -121,6 +124,18 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Config naming the brokers; topic names and the application id get a fresh suffix.
+    #[arg(long, env = "ORDERFOLD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Orders to generate: 205,000 gives about 1,000,000 events.
+    #[arg(long, default_value_t = 205_000)]
+    orders: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -309,8 +324,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let records = generate(&spec);
             if to_kafka {
                 let config = load_config(config.as_ref())?;
-                let n = publish(&config, &records, true)?;
-                println!("produced {n} records to {}", config.kafka.bootstrap_servers);
+                publish(&config, &records, true)?;
+                println!(
+                    "produced {} records to {}",
+                    records.len(),
+                    config.kafka.bootstrap_servers
+                );
                 return Ok(());
             }
             let mut w: Box<dyn Write> = match &out {
@@ -330,12 +349,79 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             partitions,
             seed,
         } => demo(orders, partitions, seed)?,
+        Command::Bench(args) => bench(&args)?,
     }
     Ok(())
 }
 
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_ref())?;
+    let tag = format!(
+        "bench{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
+    let t = &mut config.topics;
+    for name in [
+        &mut t.orders,
+        &mut t.payments,
+        &mut t.logistics,
+        &mut t.inventory,
+        &mut t.reservation_expiry,
+        &mut t.tracking_status,
+        &mut t.oversell_alerts,
+    ] {
+        *name = format!("{name}-{tag}");
+    }
+    config.kafka.application_id = format!("{}-{tag}", config.kafka.application_id);
+    let state = tempfile::tempdir()?;
+    config.state.dir = state.path().to_path_buf();
+    config.runtime.wall_clock_advance = false;
+    tokio_runtime()?.block_on(kafka::create_topics(&config))?;
+    let spec = WorkloadSpec {
+        seed: args.seed,
+        orders: args.orders,
+        ..WorkloadSpec::default()
+    };
+    let records = generate(&spec);
+    eprintln!(
+        "bench: {} events on {}, {} + {} partitions",
+        records.len(),
+        config.kafka.bootstrap_servers,
+        config.topics.order_partitions,
+        config.topics.sku_partitions
+    );
+    let ends = publish(&config, &records, true)?;
+    let limit = Duration::from_secs(3_600);
+    let ceiling = orderfold::bench::ceiling(&config, &ends, limit)?;
+    eprintln!(
+        "ceiling   {:>9.0} events/s  {:.1} CPU-s per million",
+        ceiling.events_per_sec(),
+        ceiling.cpu_seconds_per_million()
+    );
+    let ours = orderfold::bench::orderfold(&config, &ends)?;
+    eprintln!(
+        "orderfold {:>9.0} events/s  {:.1} CPU-s per million",
+        ours.events_per_sec(),
+        ours.cpu_seconds_per_million()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "events": records.len(),
+            "ceiling": ceiling,
+            "orderfold": ours,
+            "ceiling_events_per_sec": ceiling.events_per_sec(),
+            "orderfold_events_per_sec": ours.events_per_sec(),
+            "ratio": ours.events_per_sec() / ceiling.events_per_sec().max(1e-9),
+        })
+    );
+    Ok(())
+}
+
 /// Produces generated records to the configured topics, with a progress bar when asked.
-fn publish(config: &Config, records: &[Generated], show: bool) -> anyhow::Result<u64> {
+fn publish(config: &Config, records: &[Generated], show: bool) -> anyhow::Result<EndOffsets> {
     let codec = Codec::new()?;
     let names = TopicNames::from_config(config);
     let mut encoded = Vec::with_capacity(records.len());
@@ -354,13 +440,13 @@ fn publish(config: &Config, records: &[Generated], show: bool) -> anyhow::Result
     } else {
         ProgressBar::hidden()
     };
-    let n = kafka::produce_all(
+    let ends = kafka::produce_all(
         config,
         encoded.iter().map(|(t, k, v)| (*t, *k, Some(v.as_slice()))),
         |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
-    Ok(n)
+    Ok(ends)
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {

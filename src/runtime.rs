@@ -46,7 +46,7 @@ pub enum RuntimeError {
 }
 
 /// How a run ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// The service: runs until SIGTERM/SIGINT.
     Live,
@@ -56,6 +56,9 @@ pub enum Mode {
     /// it still commits offsets under the group id for lag. Don't run it beside live members
     /// of the same application id.
     UntilEnd,
+    /// `UntilEnd` to the given end offsets instead of the broker's (for a caller that knows
+    /// them better, as the writer of the input does).
+    UntilOffsets(kafka::EndOffsets),
 }
 
 /// What a run did, for the summary.
@@ -515,6 +518,29 @@ impl Engine {
         Ok(total)
     }
 
+    /// Says, per order-task input, where it is and what it waits for: logged when a run has
+    /// made no progress for a while, so a stall names its partition.
+    fn log_waiting(&self, consumer: &BaseConsumer<GroupContext>) {
+        for (p, slot) in &self.order {
+            for (rank, topic) in self.names.order_inputs().iter().enumerate() {
+                let end = match &self.ends {
+                    Some(e) => e.offsets.get(&(topic.to_string(), *p as i32)).copied(),
+                    None => self.cached_high_watermark(consumer, topic, *p as i32),
+                };
+                tracing::info!(
+                    topic,
+                    partition = p,
+                    next_offset = slot.task.next_offset(rank),
+                    fetched = slot.fetched[rank],
+                    buffered = slot.task.buffered(rank),
+                    ?end,
+                    paused = self.paused.contains(&(topic.to_string(), *p as i32)),
+                    "no progress; order task input"
+                );
+            }
+        }
+    }
+
     fn commit_due(&self) -> bool {
         let limit = self.config.limits.commit_records_max;
         self.order
@@ -816,7 +842,12 @@ fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
 
 /// Captures a bounded run's end: every input partition's end offset now, and the latest valid
 /// inventory time up to it.
-fn capture_ends(config: &Config, names: &TopicNames, codec: &Codec) -> Result<Ends, RuntimeError> {
+fn capture_ends(
+    config: &Config,
+    names: &TopicNames,
+    codec: &Codec,
+    known: Option<&kafka::EndOffsets>,
+) -> Result<Ends, RuntimeError> {
     let consumer: BaseConsumer = kafka::client_config(config).create()?;
     let mut offsets = BTreeMap::new();
     let counts = kafka::partition_counts(config, &names.inputs())?;
@@ -828,12 +859,16 @@ fn capture_ends(config: &Config, names: &TopicNames, codec: &Codec) -> Result<En
         .filter(|t| *t != names.sku_commands)
     {
         for p in 0..counts.get(topic).copied().unwrap_or(0) {
-            let (_, high) = consumer.fetch_watermarks(topic, p as i32, kafka::REQUEST_TIMEOUT)?;
-            offsets.insert((topic.to_string(), p as i32), high);
+            let key = (topic.to_string(), p as i32);
+            let end = match known.map(|k| k.get(&key).copied().unwrap_or(0)) {
+                Some(end) => end,
+                None => consumer.fetch_watermarks(topic, p as i32, kafka::REQUEST_TIMEOUT)?.1,
+            };
+            offsets.insert(key, end);
         }
     }
     let mut inventory_max = Millis::MIN;
-    for r in kafka::read_to_end(config, &names.inventory)? {
+    for r in kafka::read_until(config, &names.inventory, Some(&offsets))? {
         let within = offsets
             .get(&(names.inventory.clone(), r.partition))
             .is_some_and(|end| r.offset < *end);
@@ -850,6 +885,9 @@ fn capture_ends(config: &Config, names: &TopicNames, codec: &Codec) -> Result<En
         order_finished: false,
     })
 }
+
+/// How long a run may see no records and make no progress before it logs what it waits for.
+const STALL_REPORT: Duration = Duration::from_secs(30);
 
 /// Runs one group member until `shutdown` is requested or, in `Mode::UntilEnd`, until the
 /// input captured at startup is processed. Refuses to start on a topic layout whose
@@ -870,8 +908,9 @@ pub fn run(
     all.extend(names.outputs());
     let partitions = kafka::partition_counts(config, &all)?;
     let codec = Codec::new()?;
-    let ends = match mode {
-        Mode::UntilEnd => Some(capture_ends(config, &names, &codec)?),
+    let ends = match &mode {
+        Mode::UntilEnd => Some(capture_ends(config, &names, &codec, None)?),
+        Mode::UntilOffsets(known) => Some(capture_ends(config, &names, &codec, Some(known))?),
         Mode::Live => None,
     };
     let producer: BaseProducer<Acks> =
@@ -909,7 +948,7 @@ pub fn run(
         consumer_config(config).create_with_context(context)?;
     match mode {
         Mode::Live => consumer.subscribe(&names.inputs())?,
-        Mode::UntilEnd => {
+        Mode::UntilEnd | Mode::UntilOffsets(_) => {
             // A bounded run takes every partition itself instead of joining the group: it
             // cannot be rebalanced away mid-run, and a restart after a crash starts at once
             // instead of waiting out the dead member's session.
@@ -941,6 +980,7 @@ pub fn run(
     let ack_timeout = Duration::from_millis(config.runtime.produce_ack_timeout_ms);
     let mut batch: Vec<Consumed> = Vec::with_capacity(poll_max);
     let mut wait = Duration::ZERO;
+    let mut last_progress = Instant::now();
     loop {
         if shutdown.requested() {
             break;
@@ -986,6 +1026,12 @@ pub fn run(
         if engine.bounded_done() {
             engine.commit(&consumer, ack_timeout)?;
             break;
+        }
+        if processed > 0 || polled > 0 {
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL_REPORT {
+            engine.log_waiting(&consumer);
+            last_progress = Instant::now();
         }
         wait = if processed == 0 && polled == 0 {
             poll_timeout
