@@ -65,7 +65,11 @@ fn cpu_seconds() -> f64 {
 /// The ceiling: reads every input partition to its end and produces each record's key, value
 /// and partition to a copy topic, with the same producer settings orderfold uses, then waits
 /// for the acknowledgements.
-pub fn ceiling(config: &Config, ends: &EndOffsets, limit: Duration) -> Result<Measured, BenchError> {
+pub fn ceiling(
+    config: &Config,
+    ends: &EndOffsets,
+    limit: Duration,
+) -> Result<Measured, BenchError> {
     let names = TopicNames::from_config(config);
     let inputs = [
         &names.orders,
@@ -89,7 +93,10 @@ pub fn ceiling(config: &Config, ends: &EndOffsets, limit: Duration) -> Result<Me
         .block_on(kafka::create_missing(config, &wanted))?;
 
     let consumer: BaseConsumer = kafka::client_config(config)
-        .set("group.id", format!("{}.ceiling", config.kafka.application_id))
+        .set(
+            "group.id",
+            format!("{}.ceiling", config.kafka.application_id),
+        )
         .set("enable.auto.commit", "false")
         .create()?;
     let producer: BaseProducer<Acks> =
@@ -125,9 +132,12 @@ pub fn ceiling(config: &Config, ends: &EndOffsets, limit: Duration) -> Result<Me
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     record = r;
                     producer.poll(Duration::from_millis(10));
                 }
@@ -135,7 +145,10 @@ pub fn ceiling(config: &Config, ends: &EndOffsets, limit: Duration) -> Result<Me
             }
         }
         let key = (m.topic().to_string(), m.partition());
-        if remaining.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+        if remaining
+            .get(&key)
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
             remaining.remove(&key);
         }
     }

@@ -93,7 +93,9 @@ impl ProducerContext for Acks {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let (Ok(m), Some(ends)) = (result, &self.ends) {
             if let Ok(mut ends) = ends.lock() {
-                let end = ends.entry((m.topic().to_string(), m.partition())).or_default();
+                let end = ends
+                    .entry((m.topic().to_string(), m.partition()))
+                    .or_default();
                 *end = (*end).max(m.offset() + 1);
             }
         }

@@ -862,7 +862,11 @@ fn capture_ends(
             let key = (topic.to_string(), p as i32);
             let end = match known.map(|k| k.get(&key).copied().unwrap_or(0)) {
                 Some(end) => end,
-                None => consumer.fetch_watermarks(topic, p as i32, kafka::REQUEST_TIMEOUT)?.1,
+                None => {
+                    consumer
+                        .fetch_watermarks(topic, p as i32, kafka::REQUEST_TIMEOUT)?
+                        .1
+                }
             };
             offsets.insert(key, end);
         }
