@@ -71,17 +71,9 @@ pub fn ceiling(
     limit: Duration,
 ) -> Result<Measured, BenchError> {
     let names = TopicNames::from_config(config);
-    let inputs = [
-        &names.orders,
-        &names.payments,
-        &names.logistics,
-        &names.inventory,
-    ];
-    let counts = kafka::partition_counts(config, &inputs.map(String::as_str))?;
-    let copies: BTreeMap<&str, String> = inputs
-        .iter()
-        .map(|t| (t.as_str(), format!("{t}.copy")))
-        .collect();
+    let inputs = names.external_inputs();
+    let counts = kafka::partition_counts(config, &inputs)?;
+    let copies: BTreeMap<&str, String> = inputs.iter().map(|t| (*t, format!("{t}.copy"))).collect();
     let wanted: Vec<(&str, u32)> = copies
         .iter()
         .map(|(t, c)| (c.as_str(), counts.get(*t).copied().unwrap_or(1)))
@@ -171,16 +163,12 @@ pub fn orderfold(config: &Config, ends: &EndOffsets) -> Result<Measured, BenchEr
         Arc::new(Progress::default()),
     )?;
     let names = TopicNames::from_config(config);
-    let events = [
-        &names.orders,
-        &names.payments,
-        &names.logistics,
-        &names.inventory,
-    ]
-    .iter()
-    .filter_map(|t| report.accounting.get(t.as_str()))
-    .map(|a| a.consumed)
-    .sum();
+    let events = names
+        .external_inputs()
+        .iter()
+        .filter_map(|t| report.accounting.get(*t))
+        .map(|a| a.consumed)
+        .sum();
     Ok(Measured {
         events,
         seconds: report.elapsed.as_secs_f64(),

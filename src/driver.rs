@@ -423,12 +423,7 @@ impl Driver {
 
     /// Every SKU's state, in sku order.
     pub fn skus(&self) -> Result<Vec<SkuView>, DriverError> {
-        let mut all = Vec::new();
-        for t in &self.sku_tasks {
-            all.extend(t.skus()?);
-        }
-        all.sort_by(|a, b| a.sku.cmp(&b.sku));
-        Ok(all)
+        Ok(sku_stage::skus_of(&self.sku_tasks)?)
     }
 
     pub fn sku(&self, sku: &str) -> Result<Option<SkuView>, DriverError> {
@@ -438,12 +433,7 @@ impl Driver {
 
     /// Every order with its tracking, in order_id order.
     pub fn orders(&self) -> Result<Vec<OrderView>, DriverError> {
-        let mut all = Vec::new();
-        for t in &self.order_tasks {
-            all.extend(t.orders()?);
-        }
-        all.sort_by(|a, b| a.order_id.cmp(&b.order_id));
-        Ok(all)
+        Ok(order_stage::orders_of(&self.order_tasks)?)
     }
 
     pub fn order(&self, order_id: &str) -> Result<(Option<Order>, Option<Tracking>), DriverError> {

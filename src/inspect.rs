@@ -101,21 +101,11 @@ impl LocalState {
 
     /// Every SKU, in sku order.
     pub fn skus(&self) -> Result<Vec<SkuView>, InspectError> {
-        let mut all = Vec::new();
-        for t in &self.sku_tasks {
-            all.extend(t.skus()?);
-        }
-        all.sort_by(|a, b| a.sku.cmp(&b.sku));
-        Ok(all)
+        Ok(crate::stage::sku::skus_of(&self.sku_tasks)?)
     }
 
     /// Every order with its tracking, in order_id order.
     pub fn orders(&self) -> Result<Vec<OrderView>, InspectError> {
-        let mut all = Vec::new();
-        for t in &self.order_tasks {
-            all.extend(t.orders()?);
-        }
-        all.sort_by(|a, b| a.order_id.cmp(&b.order_id));
-        Ok(all)
+        Ok(crate::stage::order::orders_of(&self.order_tasks)?)
     }
 }

@@ -150,6 +150,16 @@ impl TopicNames {
         [&self.orders, &self.payments, &self.logistics]
     }
 
+    /// The inputs upstream services write (everything but the command topic).
+    pub fn external_inputs(&self) -> [&str; 4] {
+        [
+            &self.orders,
+            &self.payments,
+            &self.logistics,
+            &self.inventory,
+        ]
+    }
+
     /// The SKU stage's inputs by index (inventory 0, commands 1).
     pub fn sku_inputs(&self) -> [&str; 2] {
         [&self.inventory, &self.sku_commands]

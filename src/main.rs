@@ -563,23 +563,18 @@ fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
 
 fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
     let names = TopicNames::from_config(config);
-    let inputs = [
-        &names.orders,
-        &names.payments,
-        &names.logistics,
-        &names.inventory,
-    ];
+    let inputs = names.external_inputs();
     let sum = |f: &dyn Fn(&orderfold::stage::Accounting) -> u64| -> u64 {
         inputs
             .iter()
-            .filter_map(|t| report.accounting.get(t.as_str()))
+            .filter_map(|t| report.accounting.get(*t))
             .map(f)
             .sum()
     };
     let events = sum(&|a| a.consumed);
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
     for t in inputs {
-        if let Some(a) = report.accounting.get(t.as_str()) {
+        if let Some(a) = report.accounting.get(t) {
             for (k, v) in &a.dead_lettered {
                 *dead.entry(k.clone()).or_default() += v;
             }

@@ -853,11 +853,7 @@ fn capture_ends(
     let counts = kafka::partition_counts(config, &names.inputs())?;
     // The command topic has no end: this run writes it. The SKU stage is done when every
     // order partition's end-of-input watermark has arrived instead.
-    for topic in names
-        .inputs()
-        .into_iter()
-        .filter(|t| *t != names.sku_commands)
-    {
+    for topic in names.external_inputs() {
         for p in 0..counts.get(topic).copied().unwrap_or(0) {
             let key = (topic.to_string(), p as i32);
             let end = match known.map(|k| k.get(&key).copied().unwrap_or(0)) {

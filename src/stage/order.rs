@@ -154,6 +154,16 @@ fn timer_key(at: Millis, kind: u8, order_id: &str) -> Vec<u8> {
     k
 }
 
+/// Every order of `tasks` with its tracking, in order_id order.
+pub fn orders_of(tasks: &[OrderTask]) -> Result<Vec<OrderView>, TaskError> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.orders()?);
+    }
+    all.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+    Ok(all)
+}
+
 /// One order-stage task.
 pub struct OrderTask {
     partition: u32,

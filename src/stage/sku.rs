@@ -146,6 +146,16 @@ pub struct SkuView {
     pub reservations: BTreeMap<String, Reservation>,
 }
 
+/// Every SKU of `tasks`, in sku order: the stage's whole state, as `inspect` and tests see it.
+pub fn skus_of(tasks: &[SkuTask]) -> Result<Vec<SkuView>, TaskError> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.skus()?);
+    }
+    all.sort_by(|a, b| a.sku.cmp(&b.sku));
+    Ok(all)
+}
+
 /// One SKU-stage task.
 pub struct SkuTask {
     partition: u32,
