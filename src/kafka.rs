@@ -456,11 +456,15 @@ pub fn owned_headers(headers: &[(String, Vec<u8>)]) -> Option<OwnedHeaders> {
 /// Sends records with a plain producer and waits until the broker has acknowledged them all:
 /// how `generate` and the tests write input. A full local queue is drained, not an error.
 /// Returns the end offset of each partition written, as the acknowledgements prove it.
+/// With `rate_per_s`, paces the sends to that many records per second of wall-clock time, as a
+/// steady upstream would.
 pub fn produce_all<'a>(
     config: &Config,
     records: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>)>,
+    rate_per_s: Option<u64>,
     mut progress: impl FnMut(u64),
 ) -> Result<EndOffsets, ClientError> {
+    let started = Instant::now();
     let producer: BaseProducer<Acks> =
         producer_config(config).create_with_context(Acks::tracking_ends())?;
     let mut sent = 0;
@@ -479,6 +483,12 @@ pub fn produce_all<'a>(
             }
         }
         sent += 1;
+        if let Some(rate) = rate_per_s.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                producer.poll(wait);
+            }
+        }
         if sent % 10_000 == 0 {
             producer.poll(Duration::ZERO);
             progress(sent);

@@ -105,6 +105,10 @@ enum Command {
         /// Produce to the topics of --config's brokers instead of writing JSON lines.
         #[arg(long)]
         kafka: bool,
+        /// With --kafka: records per second of wall-clock time (default: as fast as the
+        /// broker takes them).
+        #[arg(long)]
+        produce_rate_per_s: Option<u64>,
         #[arg(long, env = "ORDERFOLD_CONFIG")]
         config: Option<PathBuf>,
         /// JSON-lines output file; standard output if absent.
@@ -328,6 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate {
             workload,
             kafka: to_kafka,
+            produce_rate_per_s,
             config,
             out,
         } => {
@@ -335,7 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let records = generate(&spec);
             if to_kafka {
                 let config = load_config(config.as_ref())?;
-                publish(&config, &records, true)?;
+                publish(&config, &records, produce_rate_per_s, true)?;
                 println!(
                     "produced {} records to {}",
                     records.len(),
@@ -403,7 +408,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         config.topics.order_partitions,
         config.topics.sku_partitions
     );
-    let ends = publish(&config, &records, true)?;
+    let ends = publish(&config, &records, None, true)?;
     let limit = Duration::from_secs(3_600);
     let mut result = serde_json::json!({ "events": records.len() });
     if args.phase != BenchPhase::Orderfold {
@@ -431,7 +436,12 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Produces generated records to the configured topics, with a progress bar when asked.
-fn publish(config: &Config, records: &[Generated], show: bool) -> anyhow::Result<EndOffsets> {
+fn publish(
+    config: &Config,
+    records: &[Generated],
+    rate_per_s: Option<u64>,
+    show: bool,
+) -> anyhow::Result<EndOffsets> {
     let codec = Codec::new()?;
     let names = TopicNames::from_config(config);
     let mut encoded = Vec::with_capacity(records.len());
@@ -453,6 +463,7 @@ fn publish(config: &Config, records: &[Generated], show: bool) -> anyhow::Result
     let ends = kafka::produce_all(
         config,
         encoded.iter().map(|(t, k, v)| (*t, *k, Some(v.as_slice()))),
+        rate_per_s,
         |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
@@ -531,7 +542,7 @@ fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
     cluster.create_topic(&names.dead_letters, 1, 1)?;
 
     let records = generate(&spec);
-    publish(&config, &records, true)?;
+    publish(&config, &records, None, true)?;
     let order_stage_records = records
         .iter()
         .filter(|r| r.topic != topics::INVENTORY)

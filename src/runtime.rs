@@ -290,19 +290,33 @@ impl Engine {
         }
     }
 
-    /// Revocation: a final commit, then the tasks close (their RocksDB stays on disk).
+    /// Revocation: a final commit, then the tasks close (their RocksDB stays on disk). If the
+    /// commit fails, the tasks are abandoned instead: nothing uncommitted may reach disk.
     fn close_tasks(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
         if self.order.is_empty() && self.sku.is_empty() {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.runtime.produce_ack_timeout_ms);
-        self.commit(consumer, timeout)?;
+        if let Err(e) = self.commit(consumer, timeout) {
+            self.abandon();
+            return Err(e);
+        }
         self.collect_report()?;
         self.order.clear();
         self.sku.clear();
         self.paused.clear();
         tracing::info!("partitions revoked; tasks committed and closed");
         Ok(())
+    }
+
+    /// Drops every task without committing, as a crash would: after an error nothing of the
+    /// current batch may be committed, not even by the revocation that closing the consumer
+    /// triggers (its acknowledgements may be the ones that failed).
+    fn abandon(&mut self) {
+        self.order.clear();
+        self.sku.clear();
+        self.paused.clear();
+        self.dirty = false;
     }
 
     /// Hands one consumed record to its task; pauses the partition when the task's buffer for
@@ -981,63 +995,73 @@ pub fn run(
     let mut batch: Vec<Consumed> = Vec::with_capacity(poll_max);
     let mut wait = Duration::ZERO;
     let mut last_progress = Instant::now();
-    loop {
-        if shutdown.requested() {
-            break;
-        }
-        // Poll without the lock: a rebalance callback inside poll takes it.
-        batch.clear();
-        let mut timeout = wait;
-        while batch.len() < poll_max {
-            match consumer.poll(timeout) {
-                None => break,
-                Some(Ok(m)) => {
-                    if let Some(slot) = names.slot(m.topic()) {
-                        batch.push(Consumed {
-                            slot,
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key().map(<[u8]>::to_vec),
-                            value: m.payload().map(<[u8]>::to_vec),
-                        });
-                    }
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+    // The loop runs in a closure so that any error, wherever it happens, abandons the tasks
+    // below before the consumer is closed.
+    let outcome = (|| -> Result<(), RuntimeError> {
+        loop {
+            if shutdown.requested() {
+                break;
             }
-            timeout = Duration::ZERO;
+            // Poll without the lock: a rebalance callback inside poll takes it.
+            batch.clear();
+            let mut timeout = wait;
+            while batch.len() < poll_max {
+                match consumer.poll(timeout) {
+                    None => break,
+                    Some(Ok(m)) => {
+                        if let Some(slot) = names.slot(m.topic()) {
+                            batch.push(Consumed {
+                                slot,
+                                partition: m.partition(),
+                                offset: m.offset(),
+                                key: m.key().map(<[u8]>::to_vec),
+                                value: m.payload().map(<[u8]>::to_vec),
+                            });
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                }
+                timeout = Duration::ZERO;
+            }
+            let ctx = consumer.context();
+            let mut engine = ctx.engine();
+            if let Some(e) = engine.fatal.take() {
+                return Err(e);
+            }
+            let polled = batch.len();
+            for record in batch.drain(..) {
+                engine.push(&consumer, record)?;
+            }
+            let processed = engine.run_tasks(&consumer)?;
+            tracing::trace!(polled, processed, "round");
+            let finished_now = engine.finish_order_stage(&consumer)?;
+            if engine.commit_due() || finished_now {
+                engine.advance_idle(&consumer)?;
+                engine.commit(&consumer, ack_timeout)?;
+            }
+            engine.resume_drained(&consumer)?;
+            if engine.bounded_done() {
+                engine.commit(&consumer, ack_timeout)?;
+                break;
+            }
+            if processed > 0 || polled > 0 {
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > STALL_REPORT {
+                engine.log_waiting(&consumer);
+                last_progress = Instant::now();
+            }
+            wait = if processed == 0 && polled == 0 {
+                poll_timeout
+            } else {
+                Duration::ZERO
+            };
         }
-        let ctx = consumer.context();
-        let mut engine = ctx.engine();
-        if let Some(e) = engine.fatal.take() {
-            return Err(e);
-        }
-        let polled = batch.len();
-        for record in batch.drain(..) {
-            engine.push(&consumer, record)?;
-        }
-        let processed = engine.run_tasks(&consumer)?;
-        tracing::trace!(polled, processed, "round");
-        let finished_now = engine.finish_order_stage(&consumer)?;
-        if engine.commit_due() || finished_now {
-            engine.advance_idle(&consumer)?;
-            engine.commit(&consumer, ack_timeout)?;
-        }
-        engine.resume_drained(&consumer)?;
-        if engine.bounded_done() {
-            engine.commit(&consumer, ack_timeout)?;
-            break;
-        }
-        if processed > 0 || polled > 0 {
-            last_progress = Instant::now();
-        } else if last_progress.elapsed() > STALL_REPORT {
-            engine.log_waiting(&consumer);
-            last_progress = Instant::now();
-        }
-        wait = if processed == 0 && polled == 0 {
-            poll_timeout
-        } else {
-            Duration::ZERO
-        };
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        consumer.context().engine().abandon();
+        drop(consumer);
+        return Err(e);
     }
 
     // Shutdown: commit what is processed, close the tasks, then leave the group (dropping the

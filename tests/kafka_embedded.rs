@@ -58,6 +58,7 @@ fn produce(config: &Config, records: &[orderfold::generate::Generated]) {
                 Some(v.as_slice()),
             )
         }),
+        None,
         |_| {},
     )
     .unwrap();
