@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use orderfold::codec::Codec;
 use orderfold::config::Config;
+use orderfold::inspect::LocalState;
 use orderfold::kafka::{self, TopicNames};
 use orderfold::runtime::{self, Mode, Progress, Shutdown};
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 fn create_topics(
     cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
@@ -119,4 +121,44 @@ fn a_misconfigured_layout_is_refused_naming_the_topics() {
     assert!(msg.contains(&wrong.topics.payments), "{msg}");
     assert!(msg.contains(&wrong.topics.orders), "{msg}");
     assert!(!state.path().join(&config.kafka.application_id).exists());
+}
+
+#[test]
+fn a_refused_output_stops_the_run_and_commits_nothing_of_its_batch() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(5, 300);
+    produce(&config, &records);
+    // From now on the broker refuses writes with an error no retry can fix.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 200],
+    );
+    // Live mode: leaving the group revokes the partitions, and revocation commits, unless the
+    // runtime has abandoned the failed batch first.
+    let err = runtime::run(
+        &config,
+        Mode::Live,
+        Shutdown::default(),
+        Arc::new(Progress::default()),
+    )
+    .expect_err("a run whose outputs are refused must fail");
+    assert!(err.to_string().contains("acknowledge"), "{err}");
+    // The tasks processed records, but none of their state or offsets reached RocksDB.
+    let local = LocalState::open(&config).unwrap();
+    assert!(!local.order_tasks.is_empty());
+    for t in &local.order_tasks {
+        assert_eq!(
+            t.meta().next_offsets,
+            [0; 3],
+            "order task {}",
+            t.partition()
+        );
+    }
+    for t in &local.sku_tasks {
+        assert_eq!(t.meta().next_offsets, [0; 2], "sku task {}", t.partition());
+    }
+    assert!(local.orders().unwrap().is_empty());
 }
