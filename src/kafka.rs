@@ -486,7 +486,8 @@ pub fn produce_all<'a>(
         if let Some(rate) = rate_per_s.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64(sent as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
-                producer.poll(wait);
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(wait);
             }
         }
         if sent % 10_000 == 0 {

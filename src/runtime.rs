@@ -1019,6 +1019,10 @@ pub fn run(
                             });
                         }
                     }
+                    // librdkafka retries what can be retried; a fatal error ends the client.
+                    Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                        return Err(e.into())
+                    }
                     Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 }
                 timeout = Duration::ZERO;
