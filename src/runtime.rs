@@ -3,9 +3,9 @@
 //! their outputs, and commits with the `at_least_once` protocol. Tasks never see the broker;
 //! everything Kafka-shaped happens here.
 
+use std::cell::RefCell;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -138,7 +138,8 @@ struct Ends {
 struct Engine {
     config: Config,
     names: TopicNames,
-    topic_cstrings: BTreeMap<String, CString>,
+    /// Live mode: each order-stage input partition's end offset as last reported, and when.
+    live_ends: RefCell<BTreeMap<(String, i32), (i64, Instant)>>,
     codec: Arc<Codec>,
     layout: Layout,
     partitions: BTreeMap<String, u32>,
@@ -444,8 +445,8 @@ impl Engine {
     }
 
     /// True when input `rank` of order task `p` has nothing buffered and nothing more to read
-    /// as far as anyone knows: its end offset in a bounded run, or in live mode the high
-    /// watermark of the latest fetch response.
+    /// as far as anyone knows: its end offset in a bounded run, or in live mode the end the
+    /// broker last reported for it.
     fn caught_up(&self, consumer: &BaseConsumer<GroupContext>, p: u32, rank: usize) -> bool {
         let Some(slot) = self.order.get(&p) else {
             return false;
@@ -454,36 +455,43 @@ impl Engine {
             return false;
         }
         let topic = self.names.order_inputs()[rank];
+        let next = slot.task.next_offset(rank);
         let end = match &self.ends {
             Some(ends) => ends.offsets.get(&(topic.to_string(), p as i32)).copied(),
-            None => self.cached_high_watermark(consumer, topic, p as i32),
+            None => self.live_end(consumer, topic, p as i32, next),
         };
-        end.is_some_and(|end| slot.task.next_offset(rank) >= end)
+        end.is_some_and(|end| next >= end)
     }
 
-    /// The high watermark librdkafka remembers from its latest fetch response for the
-    /// partition: no request, so it can be asked every round. None until a fetch has answered.
-    fn cached_high_watermark(
+    /// Live mode: the partition's end offset as the broker answers a ListOffsets request,
+    /// asked again only once the task has reached the last answer and that answer is older than
+    /// `END_OFFSET_REFRESH`. Not the high watermark of fetch responses: a broker may report one
+    /// there that is behind the log's end, and passing over a partition that still has records
+    /// would process its records late.
+    fn live_end(
         &self,
         consumer: &BaseConsumer<GroupContext>,
         topic: &str,
         partition: i32,
+        next: i64,
     ) -> Option<i64> {
-        let name = self.topic_cstrings.get(topic)?;
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: the client pointer is valid for the consumer's lifetime, the topic name is a
-        // NUL-terminated string that outlives the call, and the out-pointers are valid i64s.
-        // The function only reads librdkafka's cached partition state.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                consumer.client().native_ptr(),
-                name.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+        let key = (topic.to_string(), partition);
+        let mut known = self.live_ends.borrow_mut();
+        if let Some((end, at)) = known.get(&key) {
+            if *end > next || at.elapsed() < END_OFFSET_REFRESH {
+                return Some(*end);
+            }
+        }
+        match consumer.fetch_watermarks(topic, partition, END_OFFSET_TIMEOUT) {
+            Ok((_, high)) => {
+                known.insert(key, (high, Instant::now()));
+                Some(high)
+            }
+            Err(e) => {
+                tracing::debug!(topic, partition, error = %e, "end offset query failed");
+                None
+            }
+        }
     }
 
     /// One round of processing: every task runs on what it has buffered, up to its share of
@@ -534,12 +542,16 @@ impl Engine {
 
     /// Says, per order-task input, where it is and what it waits for: logged when a run has
     /// made no progress for a while, so a stall names its partition.
-    fn log_waiting(&self, consumer: &BaseConsumer<GroupContext>) {
+    fn log_waiting(&self) {
         for (p, slot) in &self.order {
             for (rank, topic) in self.names.order_inputs().iter().enumerate() {
                 let end = match &self.ends {
                     Some(e) => e.offsets.get(&(topic.to_string(), *p as i32)).copied(),
-                    None => self.cached_high_watermark(consumer, topic, *p as i32),
+                    None => self
+                        .live_ends
+                        .borrow()
+                        .get(&(topic.to_string(), *p as i32))
+                        .map(|(end, _)| *end),
                 };
                 tracing::info!(
                     topic,
@@ -900,6 +912,12 @@ fn capture_ends(
     })
 }
 
+/// How long a live run trusts the end offset the broker reported for a partition it has
+/// caught up with before asking again.
+const END_OFFSET_REFRESH: Duration = Duration::from_millis(200);
+/// How long that question may take.
+const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a run may see no records and make no progress before it logs what it waits for.
 const STALL_REPORT: Duration = Duration::from_secs(30);
 
@@ -929,15 +947,10 @@ pub fn run(
     };
     let producer: BaseProducer<Acks> =
         kafka::producer_config(config).create_with_context(Acks::default())?;
-    let topic_cstrings = names
-        .inputs()
-        .iter()
-        .filter_map(|t| CString::new(*t).ok().map(|c| (t.to_string(), c)))
-        .collect();
     let engine = Engine {
         config: config.clone(),
         names: names.clone(),
-        topic_cstrings,
+        live_ends: RefCell::new(BTreeMap::new()),
         codec,
         layout,
         partitions,
@@ -1051,7 +1064,7 @@ pub fn run(
             if processed > 0 || polled > 0 {
                 last_progress = Instant::now();
             } else if last_progress.elapsed() > STALL_REPORT {
-                engine.log_waiting(&consumer);
+                engine.log_waiting();
                 last_progress = Instant::now();
             }
             wait = if processed == 0 && polled == 0 {
