@@ -89,7 +89,6 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 pub struct Progress {
     /// Order-stage input records processed (orders, payments, logistics).
     pub order_records: AtomicU64,
-    pub produced: AtomicU64,
 }
 
 /// Asks a running runtime to stop: what SIGTERM and SIGINT do.
@@ -512,23 +511,15 @@ impl Engine {
             slot.processed_since_commit += n;
             total += n;
             order_records += n as u64;
-            self.produce(&mut out)?;
         }
         for slot in self.sku.values_mut() {
             let budget = limit.saturating_sub(slot.processed_since_commit);
             let n = slot.task.run(budget, &mut out)?;
             slot.processed_since_commit += n;
             total += n;
-            // Borrow juggling: produce needs &self while the slot is borrowed mutably.
-            let records = std::mem::take(&mut out);
-            Self::send_all(
-                &self.producer,
-                &self.names,
-                &self.partitions,
-                &self.progress,
-                records,
-            )?;
         }
+        // One round's outputs, at most commit_records_max per task, go out together.
+        self.produce(&mut out)?;
         if total > 0 {
             self.dirty = true;
             self.progress
@@ -577,25 +568,10 @@ impl Engine {
                 >= Duration::from_millis(self.config.runtime.commit_interval_ms)
     }
 
-    fn produce(&self, out: &mut Vec<OutRecord>) -> Result<(), RuntimeError> {
-        Self::send_all(
-            &self.producer,
-            &self.names,
-            &self.partitions,
-            &self.progress,
-            std::mem::take(out),
-        )
-    }
-
     /// Hands records to the producer without waiting for acknowledgements; the commit waits.
-    fn send_all(
-        producer: &BaseProducer<Acks>,
-        names: &TopicNames,
-        partitions: &BTreeMap<String, u32>,
-        progress: &Progress,
-        out: Vec<OutRecord>,
-    ) -> Result<(), RuntimeError> {
-        for r in out {
+    fn produce(&self, out: &mut Vec<OutRecord>) -> Result<(), RuntimeError> {
+        let (names, partitions) = (&self.names, &self.partitions);
+        for r in out.drain(..) {
             let topic: &str = match r.topic {
                 OutTopic::ReservationExpiry => &names.reservation_expiry,
                 OutTopic::TrackingStatus => &names.tracking_status,
@@ -616,8 +592,7 @@ impl Engine {
                 record.payload = r.value.as_deref();
                 record.partition = partition;
                 record.headers = kafka::owned_headers(&r.headers);
-                send(producer, record)?;
-                progress.produced.fetch_add(1, Ordering::Relaxed);
+                send(&self.producer, record)?;
             }
         }
         Ok(())
