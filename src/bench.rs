@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::kafka::{self, Acks, ClientError, EndOffsets, TopicNames};
+use crate::kafka::{self, Acks, ClientError, EndOffsets, TopicNames, TopicSpec};
 use crate::runtime::{self, Mode, Progress, RuntimeError, Shutdown};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +74,9 @@ pub fn ceiling(
     let inputs = names.external_inputs();
     let counts = kafka::partition_counts(config, &inputs)?;
     let copies: BTreeMap<&str, String> = inputs.iter().map(|t| (*t, format!("{t}.copy"))).collect();
-    let wanted: Vec<(&str, u32)> = copies
+    let wanted: Vec<TopicSpec> = copies
         .iter()
-        .map(|(t, c)| (c.as_str(), counts.get(*t).copied().unwrap_or(1)))
+        .map(|(t, c)| TopicSpec::new(c, counts.get(*t).copied().unwrap_or(1)))
         .collect();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

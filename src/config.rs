@@ -47,6 +47,8 @@ pub struct Limits {
     pub pending_commands_max: usize,
     /// Expired dedup ids dropped per commit, so one commit after a long pause stays short.
     pub dedup_purge_per_commit_max: usize,
+    /// Changelog records a restore applies per RocksDB WriteBatch.
+    pub restore_batch_records_max: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             commit_records_max: 10_000,
             pending_commands_max: 200_000,
             dedup_purge_per_commit_max: 10_000,
+            restore_batch_records_max: 20_000,
         }
     }
 }
@@ -68,6 +71,10 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// fsync the RocksDB WAL at each commit. Off: a process crash loses nothing without it.
     pub sync_commits: bool,
+    /// Mirror every store to its compacted changelog topic, so a task can move to another
+    /// instance and a lost disk can be rebuilt. Off only for a single instance whose disk is
+    /// the only copy anyone needs (it saves about one broker record per input event).
+    pub changelog: bool,
     /// Set by `inspect`, never by the file: open task state for reading while it may be in use.
     #[serde(skip)]
     pub read_only: bool,
@@ -78,13 +85,13 @@ impl Default for StateConfig {
         StateConfig {
             dir: PathBuf::from("./orderfold-state"),
             sync_commits: false,
+            changelog: true,
             read_only: false,
         }
     }
 }
 
-/// How processing survives failures. Only `at_least_once` runs today; `exactly_once` needs a
-/// broker with Kafka transactions and is refused until orderfold implements it (issue #4).
+/// How processing survives failures. `exactly_once` needs a broker with Kafka transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guarantee {
@@ -103,6 +110,11 @@ pub struct KafkaConfig {
     /// share the work; a different id is an independent copy with its own state.
     pub application_id: String,
     pub processing_guarantee: Guarantee,
+    /// `exactly_once` only: the transactional id of this instance's producer. A restarted
+    /// instance must reuse its id, so the broker fences the old one if it is still alive; two
+    /// live instances must never share one. Empty: `<application_id>-<instance id>`, where the
+    /// instance id is created once and kept in the state directory.
+    pub transactional_id: String,
     /// librdkafka properties given to every client as they are (security.protocol, sasl.*,
     /// ssl.*, fetch and batching tuning). They win over orderfold's own client settings.
     pub properties: BTreeMap<String, String>,
@@ -114,6 +126,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             application_id: "orderfold".into(),
             processing_guarantee: Guarantee::AtLeastOnce,
+            transactional_id: String::new(),
             properties: BTreeMap::new(),
         }
     }
@@ -135,6 +148,11 @@ pub struct TopicsConfig {
     pub order_partitions: u32,
     /// Partitions `orderfold topics create` gives inventory, the command topic and alerts.
     pub sku_partitions: u32,
+    /// `min.compaction.lag.ms` of the changelog topics: how long a changelog record is safe
+    /// from compaction. A crash can leave an unfinished batch at a changelog's tail, newer than
+    /// the committed values it would replace; the task's next start overwrites it, so this
+    /// must outlast any outage in which the task's local disk is lost too. 7 days.
+    pub changelog_min_compaction_lag_ms: u64,
 }
 
 impl Default for TopicsConfig {
@@ -149,6 +167,7 @@ impl Default for TopicsConfig {
             oversell_alerts: "oversell-alerts".into(),
             order_partitions: 4,
             sku_partitions: 4,
+            changelog_min_compaction_lag_ms: 7 * 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -323,7 +342,11 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        if l.buffer_records_max == 0 || l.commit_records_max == 0 || l.pending_commands_max == 0 {
+        if l.buffer_records_max == 0
+            || l.commit_records_max == 0
+            || l.pending_commands_max == 0
+            || l.restore_batch_records_max == 0
+        {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
         }
         if self.runtime.poll_records_max == 0 {

@@ -15,7 +15,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use crate::changelog;
 use crate::config::Config;
+use crate::state::{Stage, Store};
 
 /// How long metadata and admin requests may take before a command gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,8 +29,9 @@ pub enum ClientError {
     #[error("topic {0} does not exist (create it with `orderfold topics create`)")]
     Missing(String),
     #[error(
-        "co-partitioned topics disagree: {stage} stage inputs must have equal partition counts, \
-         but {counts}. Repartition them so partition p of each holds the same keys."
+        "co-partitioned topics disagree: the {stage} stage's inputs and changelogs must have \
+         equal partition counts, but {counts}. Repartition them so partition p of each holds \
+         the same keys (a changelog's partition is its task's)."
     )]
     Mismatch { stage: &'static str, counts: String },
     #[error("cannot create topic {topic}: {code}")]
@@ -127,6 +130,9 @@ pub struct TopicNames {
     pub tracking_status: String,
     pub oversell_alerts: String,
     pub dead_letters: String,
+    /// Each stage's changelog topics by store; empty when `state.changelog` is off.
+    pub order_changelogs: Vec<(Store, String)>,
+    pub sku_changelogs: Vec<(Store, String)>,
 }
 
 impl TopicNames {
@@ -142,7 +148,24 @@ impl TopicNames {
             tracking_status: t.tracking_status.clone(),
             oversell_alerts: t.oversell_alerts.clone(),
             dead_letters: config.dead_letter_topic(),
+            order_changelogs: changelogs(config, Stage::Order),
+            sku_changelogs: changelogs(config, Stage::Sku),
         }
+    }
+
+    pub fn changelogs(&self, stage: Stage) -> &[(Store, String)] {
+        match stage {
+            Stage::Order => &self.order_changelogs,
+            Stage::Sku => &self.sku_changelogs,
+        }
+    }
+
+    /// The changelog topic of `store` in `stage` (empty if changelogs are off).
+    pub fn changelog(&self, stage: Stage, store: Store) -> &str {
+        self.changelogs(stage)
+            .iter()
+            .find(|(s, _)| *s == store)
+            .map_or("", |(_, t)| t.as_str())
     }
 
     /// The order stage's inputs by rank (orders 0, payments 1, logistics 2).
@@ -208,6 +231,14 @@ impl TopicNames {
     }
 }
 
+fn changelogs(config: &Config, stage: Stage) -> Vec<(Store, String)> {
+    if config.state.changelog {
+        changelog::topics(config, stage)
+    } else {
+        Vec::new()
+    }
+}
+
 /// Partition counts of both stages, as found on the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -266,11 +297,22 @@ pub fn partition_counts(
     Ok(counts)
 }
 
-/// The startup check: every topic exists, and each stage's inputs have equal partition counts
-/// (partition p of each must hold the same keys, or a task would see half an order).
+/// The startup check: every topic exists, and each stage's inputs and changelogs have equal
+/// partition counts (partition p of each must hold the same keys, or a task would see half an
+/// order, and a task's changelog partition is its own).
 pub fn check_layout(config: &Config) -> Result<Layout, ClientError> {
     let names = TopicNames::from_config(config);
-    let mut all = names.inputs();
+    let order: Vec<&str> = names
+        .order_inputs()
+        .into_iter()
+        .chain(names.order_changelogs.iter().map(|(_, t)| t.as_str()))
+        .collect();
+    let sku: Vec<&str> = names
+        .sku_inputs()
+        .into_iter()
+        .chain(names.sku_changelogs.iter().map(|(_, t)| t.as_str()))
+        .collect();
+    let mut all: Vec<&str> = order.iter().chain(&sku).copied().collect();
     all.extend(names.outputs());
     let counts = partition_counts(config, &all)?;
     for t in &all {
@@ -295,18 +337,37 @@ pub fn check_layout(config: &Config) -> Result<Layout, ClientError> {
         }
     };
     Ok(Layout {
-        order_partitions: stage("order", &names.order_inputs())?,
-        sku_partitions: stage("SKU", &names.sku_inputs())?,
+        order_partitions: stage("order", &order)?,
+        sku_partitions: stage("SKU", &sku)?,
     })
 }
 
-/// Creates every topic orderfold reads or writes that does not exist yet: the order stage's
-/// topics with `topics.order_partitions`, the SKU stage's with `topics.sku_partitions`, the
-/// dead-letter topic with one. Returns the names it created.
-pub async fn create_topics(config: &Config) -> Result<Vec<String>, ClientError> {
+/// A topic as `topics create` makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+    /// A changelog: `cleanup.policy=compact` with the configured `min.compaction.lag.ms`.
+    pub compacted: bool,
+}
+
+impl TopicSpec {
+    pub fn new(name: &str, partitions: u32) -> TopicSpec {
+        TopicSpec {
+            name: name.to_string(),
+            partitions,
+            compacted: false,
+        }
+    }
+}
+
+/// Every topic orderfold reads or writes: the order stage's topics and changelogs with
+/// `topics.order_partitions`, the SKU stage's with `topics.sku_partitions`, the dead-letter
+/// topic with one.
+pub fn topic_specs(config: &Config) -> Vec<TopicSpec> {
     let names = TopicNames::from_config(config);
     let t = &config.topics;
-    let wanted: Vec<(&str, u32)> = vec![
+    let mut specs: Vec<TopicSpec> = [
         (&names.orders, t.order_partitions),
         (&names.payments, t.order_partitions),
         (&names.logistics, t.order_partitions),
@@ -316,20 +377,48 @@ pub async fn create_topics(config: &Config) -> Result<Vec<String>, ClientError> 
         (&names.sku_commands, t.sku_partitions),
         (&names.oversell_alerts, t.sku_partitions),
         (&names.dead_letters, 1),
-    ];
-    create_missing(config, &wanted).await
+    ]
+    .into_iter()
+    .map(|(name, n)| TopicSpec::new(name, n))
+    .collect();
+    for (changelogs, n) in [
+        (&names.order_changelogs, t.order_partitions),
+        (&names.sku_changelogs, t.sku_partitions),
+    ] {
+        specs.extend(changelogs.iter().map(|(_, name)| TopicSpec {
+            compacted: true,
+            ..TopicSpec::new(name, n)
+        }));
+    }
+    specs
 }
 
-/// Creates those of `wanted` (name, partitions) that do not exist yet; returns their names.
+/// Creates every topic of `topic_specs` that does not exist yet; returns the names created.
+pub async fn create_topics(config: &Config) -> Result<Vec<String>, ClientError> {
+    create_missing(config, &topic_specs(config)).await
+}
+
+/// Creates those of `wanted` that do not exist yet; returns their names.
 pub async fn create_missing(
     config: &Config,
-    wanted: &[(&str, u32)],
+    wanted: &[TopicSpec],
 ) -> Result<Vec<String>, ClientError> {
-    let existing = partition_counts(config, &wanted.iter().map(|w| w.0).collect::<Vec<_>>())?;
+    let names: Vec<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    let existing = partition_counts(config, &names)?;
+    let lag_ms = config.topics.changelog_min_compaction_lag_ms.to_string();
     let new: Vec<NewTopic> = wanted
         .iter()
-        .filter(|(name, _)| !existing.contains_key(*name))
-        .map(|(name, n)| NewTopic::new(name, *n as i32, TopicReplication::Fixed(1)))
+        .filter(|w| !existing.contains_key(&w.name))
+        .map(|w| {
+            let topic = NewTopic::new(&w.name, w.partitions as i32, TopicReplication::Fixed(1));
+            if w.compacted {
+                topic
+                    .set("cleanup.policy", "compact")
+                    .set("min.compaction.lag.ms", &lag_ms)
+            } else {
+                topic
+            }
+        })
         .collect();
     if new.is_empty() {
         return Ok(Vec::new());

@@ -7,6 +7,7 @@
 //! topology without a broker, and `config` beside them.
 
 pub mod bench;
+pub mod changelog;
 pub mod codec;
 pub mod config;
 pub mod driver;

@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::changelog::{self, Checkpoint, Positions, RestoreError};
 use crate::codec::Codec;
 use crate::config::{Config, Guarantee};
 use crate::event::Millis;
@@ -26,6 +27,7 @@ use crate::sink::{OutRecord, OutTopic, Route};
 use crate::stage::order::{self as order_stage, OrderTask};
 use crate::stage::sku::{self as sku_stage, SkuTask};
 use crate::stage::{Accounting, Input, TaskError};
+use crate::state::{Stage, StateError, StateOptions, Store, TaskDb};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -35,6 +37,10 @@ pub enum RuntimeError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Task(#[from] TaskError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("restore: {0}")]
+    Restore(#[from] RestoreError),
     #[error("codec: {0}")]
     Schema(#[from] crate::codec::SchemaError),
     #[error(
@@ -76,6 +82,22 @@ pub struct RunReport {
     pub late_commands: u64,
     pub forced_commands: u64,
     pub reservations: u64,
+    /// What restoring tasks from their changelogs took in this process.
+    pub restore: RestoreReport,
+    #[serde(serialize_with = "as_secs")]
+    pub elapsed: Duration,
+}
+
+/// Restores done by one process.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreReport {
+    /// Tasks opened (each restored what its local state was missing, often nothing).
+    pub tasks: u64,
+    /// Changelog records applied to local state.
+    pub applied: u64,
+    /// Records read past a task's last checkpoint (a batch a crash cut short).
+    pub tail: u64,
+    /// Time spent restoring, all tasks together.
     #[serde(serialize_with = "as_secs")]
     pub elapsed: Duration,
 }
@@ -89,6 +111,19 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 pub struct Progress {
     /// Order-stage input records processed (orders, payments, logistics).
     pub order_records: AtomicU64,
+    /// Tasks restoring from their changelogs now: the instance is not ready while any is.
+    pub restoring_tasks: AtomicU64,
+    /// Changelog records applied by restores in this process.
+    pub restore_applied: AtomicU64,
+    /// Changelog records the restore in progress has still to apply.
+    pub restore_remaining: AtomicU64,
+}
+
+impl Progress {
+    /// Ready: no assigned task is restoring.
+    pub fn ready(&self) -> bool {
+        self.restoring_tasks.load(Ordering::Acquire) == 0
+    }
 }
 
 /// Asks a running runtime to stop: what SIGTERM and SIGINT do.
@@ -112,6 +147,17 @@ struct Slot<T, const N: usize> {
     /// a pause or a seek) and is dropped, so the task sees each offset once.
     fetched: [i64; N],
     processed_since_commit: usize,
+    /// Where the task's changelogs stand; None when changelogs are off.
+    changelog: Option<TaskChangelog>,
+}
+
+/// A task's place in its changelogs.
+struct TaskChangelog {
+    /// Per store (checkpoint included): the end offset of this task's changelog partition as
+    /// far as this process knows, which the next checkpoint records.
+    ends: BTreeMap<Store, i64>,
+    /// Keys of a batch a crash cut short, rewritten with their values at the next commit.
+    repair: BTreeSet<(Store, Vec<u8>)>,
 }
 
 /// One record as taken from the consumer, owned so the consumer can be polled again.
@@ -250,14 +296,22 @@ impl Engine {
         match self.order.entry(p) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(v) => {
+                let (db, changelog) = open_db(
+                    &self.config,
+                    &self.state_root,
+                    &self.progress,
+                    &mut self.report.restore,
+                    Stage::Order,
+                    p,
+                )?;
                 let topics = self.names.order_inputs().map(String::from);
-                let dir = self.state_root.join(format!("order-{p}"));
-                let task = OrderTask::open(&dir, p, topics, self.codec.clone(), &self.config)?;
+                let task = OrderTask::from_db(db, p, topics, self.codec.clone(), &self.config)?;
                 let fetched = std::array::from_fn(|i| task.next_offset(i));
                 Ok(v.insert(Slot {
                     task,
                     fetched,
                     processed_since_commit: 0,
+                    changelog,
                 }))
             }
         }
@@ -270,10 +324,17 @@ impl Engine {
         match self.sku.entry(p) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(v) => {
+                let (db, changelog) = open_db(
+                    &self.config,
+                    &self.state_root,
+                    &self.progress,
+                    &mut self.report.restore,
+                    Stage::Sku,
+                    p,
+                )?;
                 let topics = self.names.sku_inputs().map(String::from);
-                let dir = self.state_root.join(format!("sku-{p}"));
-                let task = SkuTask::open(
-                    &dir,
+                let task = SkuTask::from_db(
+                    db,
                     p,
                     topics,
                     self.layout.order_partitions,
@@ -285,6 +346,7 @@ impl Engine {
                     task,
                     fetched,
                     processed_since_commit: 0,
+                    changelog,
                 }))
             }
         }
@@ -682,17 +744,23 @@ impl Engine {
             })
     }
 
-    /// The `at_least_once` commit protocol. Outputs are handed to the producer as tasks create
+    /// The commit protocol, written once. Outputs are handed to the producer as tasks create
     /// them; a commit makes the batch durable in this order:
     ///
     /// 1. Each order task drops expired dedup ids and adds its watermark record behind its
     ///    commands; each SKU task drops expired dedup ids.
-    /// 2. Wait until the broker has acknowledged every record produced since the last commit.
+    /// 2. With changelogs, each task's writes of the batch go to its changelog partitions,
+    ///    after the current values of any keys its restore found in an unfinished batch.
+    /// 3. Wait until the broker has acknowledged every record produced since the last commit.
     ///    If any was refused or the wait times out, stop here: nothing is committed, and the
     ///    batch is processed again after a restart (outputs may repeat, byte-identical).
-    /// 3. Each task writes its state changes and the input offsets it has consumed in one
+    /// 4. With changelogs, each task's checkpoint record closes the batch: its bookkeeping
+    ///    (input offsets included) and the offsets its changelogs end at, which step 3's
+    ///    acknowledgements tell. Wait for its acknowledgement too: from here on a restore
+    ///    applies this batch, and before it none of it.
+    /// 5. Each task writes its state changes, input offsets and changelog positions in one
     ///    atomic RocksDB WriteBatch. This, not the group, is where a task resumes.
-    /// 4. Commit the same offsets to the consumer group, asynchronously, so lag is visible.
+    /// 6. Commit the same offsets to the consumer group, asynchronously, so lag is visible.
     fn commit(
         &mut self,
         consumer: &BaseConsumer<GroupContext>,
@@ -706,18 +774,62 @@ impl Engine {
         let mut out = Vec::new();
         for slot in self.order.values_mut() {
             slot.task.prepare_commit(&mut out)?;
+            slot.task.stage_meta()?;
         }
         for slot in self.sku.values_mut() {
             slot.task.prepare_commit()?;
+            slot.task.stage_meta()?;
         }
         self.produce(&mut out)?;
         // 2.
+        for (p, slot) in &mut self.order {
+            if let Some(cl) = &mut slot.changelog {
+                let db = slot.task.state_mut();
+                send_changelog(&self.producer, &self.names, Stage::Order, *p, db, cl)?;
+            }
+        }
+        for (p, slot) in &mut self.sku {
+            if let Some(cl) = &mut slot.changelog {
+                let db = slot.task.state_mut();
+                send_changelog(&self.producer, &self.names, Stage::Sku, *p, db, cl)?;
+            }
+        }
+        // 3.
         let flush_started = Instant::now();
         self.producer.flush(ack_timeout)?;
         self.producer.context().take_failures()?;
+        // 4.
+        if self.config.state.changelog {
+            let acked = self.producer.context().ends();
+            for (p, slot) in &mut self.order {
+                if let Some(cl) = &mut slot.changelog {
+                    let db = slot.task.state_mut();
+                    send_checkpoint(&self.producer, &self.names, Stage::Order, *p, db, cl, &acked)?;
+                }
+            }
+            for (p, slot) in &mut self.sku {
+                if let Some(cl) = &mut slot.changelog {
+                    let db = slot.task.state_mut();
+                    send_checkpoint(&self.producer, &self.names, Stage::Sku, *p, db, cl, &acked)?;
+                }
+            }
+            self.producer.flush(ack_timeout)?;
+            self.producer.context().take_failures()?;
+            let acked = self.producer.context().ends();
+            for (p, slot) in &mut self.order {
+                if let Some(cl) = &mut slot.changelog {
+                    stage_positions(&self.names, Stage::Order, *p, slot.task.state_mut(), cl, &acked)?;
+                }
+            }
+            for (p, slot) in &mut self.sku {
+                if let Some(cl) = &mut slot.changelog {
+                    stage_positions(&self.names, Stage::Sku, *p, slot.task.state_mut(), cl, &acked)?;
+                }
+            }
+        }
         let flush_ms = flush_started.elapsed().as_millis();
         let write_started = Instant::now();
-        // 3.
+        // 5.
         let mut offsets = TopicPartitionList::new();
         for (p, slot) in &mut self.order {
             slot.task.commit()?;
@@ -748,7 +860,7 @@ impl Engine {
             processed = self.report.processed_this_run,
             "committed"
         );
-        // 4.
+        // 6.
         if offsets.count() > 0 {
             if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
                 // Lag reporting only: the state already holds the offsets.
@@ -764,6 +876,7 @@ impl Engine {
         let names = self.names.clone();
         let mut r = RunReport {
             processed_this_run: self.report.processed_this_run,
+            restore: self.report.restore.clone(),
             ..RunReport::default()
         };
         for slot in self.order.values() {
@@ -805,6 +918,179 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Opens a task's RocksDB and, with changelogs on, restores what it is missing before the task
+/// sees a record. The instance reports not ready meanwhile.
+fn open_db(
+    config: &Config,
+    state_root: &std::path::Path,
+    progress: &Progress,
+    report: &mut RestoreReport,
+    stage: Stage,
+    p: u32,
+) -> Result<(TaskDb, Option<TaskChangelog>), RuntimeError> {
+    let dir = state_root.join(format!("{}-{p}", stage.name()));
+    let mut db = TaskDb::open(&dir, stage.stores(), &StateOptions::from_config(config))?;
+    if !config.state.changelog {
+        return Ok((db, None));
+    }
+    let started = Instant::now();
+    if progress.restoring_tasks.fetch_add(1, Ordering::AcqRel) == 0 {
+        tracing::info!("not ready: restoring tasks");
+    }
+    let last_log = std::cell::Cell::new(Instant::now());
+    let restored = changelog::restore(
+        config,
+        stage,
+        p,
+        &mut db,
+        &|applied: u64, remaining: u64| {
+            progress.restore_remaining.store(remaining, Ordering::Relaxed);
+            if last_log.get().elapsed() >= RESTORE_LOG_INTERVAL {
+                last_log.set(Instant::now());
+                tracing::info!(
+                    stage = stage.name(),
+                    partition = p,
+                    applied,
+                    remaining,
+                    "restoring"
+                );
+            }
+        },
+    );
+    if progress.restoring_tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+        tracing::info!("ready: every assigned task is restored");
+    }
+    let restored = restored?;
+    progress
+        .restore_applied
+        .fetch_add(restored.applied, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    report.tasks += 1;
+    report.applied += restored.applied;
+    report.tail += restored.tail;
+    report.elapsed += elapsed;
+    tracing::info!(
+        stage = stage.name(),
+        partition = p,
+        applied = restored.applied,
+        unfinished_tail = restored.tail,
+        ms = elapsed.as_millis() as u64,
+        "task restored"
+    );
+    Ok((
+        db,
+        Some(TaskChangelog {
+            ends: restored.ends,
+            repair: restored.repair,
+        }),
+    ))
+}
+
+/// Commit step 2 for one task: the repair of an unfinished tail, then the batch's writes.
+fn send_changelog(
+    producer: &BaseProducer<Acks>,
+    names: &TopicNames,
+    stage: Stage,
+    p: u32,
+    db: &TaskDb,
+    cl: &mut TaskChangelog,
+) -> Result<(), RuntimeError> {
+    let partition = p as i32;
+    for (store, key) in std::mem::take(&mut cl.repair) {
+        let value = db.get_raw(store, &key)?;
+        let topic = names.changelog(stage, store);
+        send_changelog_record(producer, topic, partition, &key, value.as_deref())?;
+    }
+    for (store, topic) in names.changelogs(stage) {
+        // The meta store travels in the checkpoint record.
+        if *store == Store::Meta {
+            continue;
+        }
+        for (key, value) in db.changes(*store) {
+            send_changelog_record(producer, topic, partition, key, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn send_changelog_record(
+    producer: &BaseProducer<Acks>,
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), RuntimeError> {
+    let value = changelog::encode_value(value);
+    let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
+    record.key = Some(key);
+    record.payload = value.as_deref();
+    record.partition = Some(partition);
+    send(producer, record)
+}
+
+/// Commit step 4 for one task: its checkpoint record, with each changelog's end offset (the
+/// larger of what the task knew and what the acknowledgements prove).
+fn send_checkpoint(
+    producer: &BaseProducer<Acks>,
+    names: &TopicNames,
+    stage: Stage,
+    p: u32,
+    db: &TaskDb,
+    cl: &mut TaskChangelog,
+    acked: &kafka::EndOffsets,
+) -> Result<(), RuntimeError> {
+    let partition = p as i32;
+    let mut ends = BTreeMap::new();
+    for (store, topic) in names.changelogs(stage) {
+        if *store == Store::Meta {
+            continue;
+        }
+        let end = cl.ends.entry(*store).or_default();
+        if let Some(a) = acked.get(&(topic.clone(), partition)) {
+            *end = (*end).max(*a);
+        }
+        ends.insert(stage.store_name(*store), *end);
+    }
+    let checkpoint = Checkpoint {
+        ends,
+        meta: changelog::meta_entries(db),
+    };
+    let value = postcard::to_stdvec(&checkpoint).map_err(StateError::Encode)?;
+    let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(names.changelog(stage, Store::Meta));
+    record.key = Some(changelog::CHECKPOINT_KEY);
+    record.payload = Some(&value);
+    record.partition = Some(partition);
+    send(producer, record)
+}
+
+/// Commit step 5's changelog part for one task: the positions its checkpoint reached.
+fn stage_positions(
+    names: &TopicNames,
+    stage: Stage,
+    p: u32,
+    db: &mut TaskDb,
+    cl: &mut TaskChangelog,
+    acked: &kafka::EndOffsets,
+) -> Result<(), RuntimeError> {
+    let checkpoint_topic = names.changelog(stage, Store::Meta);
+    let acked_end = acked
+        .get(&(checkpoint_topic.to_string(), p as i32))
+        .copied();
+    let end = cl.ends.entry(Store::Meta).or_default();
+    *end = (*end).max(acked_end.unwrap_or(*end));
+    let end = *end;
+    let positions = Positions {
+        ends: cl
+            .ends
+            .iter()
+            .filter(|(s, _)| **s != Store::Meta)
+            .map(|(s, e)| (stage.store_name(*s), *e))
+            .collect(),
+        checkpoint: end,
+    };
+    Ok(changelog::stage_positions(db, &positions)?)
 }
 
 /// Hands one record to librdkafka, serving delivery reports while its queue is full.
@@ -893,6 +1179,9 @@ const END_OFFSET_REFRESH: Duration = Duration::from_millis(200);
 /// How long that question may take.
 const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a long restore logs its progress.
+const RESTORE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long a run may see no records and make no progress before it logs what it waits for.
 const STALL_REPORT: Duration = Duration::from_secs(30);
 
@@ -920,8 +1209,9 @@ pub fn run(
         Mode::UntilOffsets(known) => Some(capture_ends(config, &names, &codec, Some(known))?),
         Mode::Live => None,
     };
+    // The acknowledgements' offsets tell each checkpoint where its batch ends.
     let producer: BaseProducer<Acks> =
-        kafka::producer_config(config).create_with_context(Acks::default())?;
+        kafka::producer_config(config).create_with_context(Acks::tracking_ends())?;
     let engine = Engine {
         config: config.clone(),
         names: names.clone(),

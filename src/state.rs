@@ -72,6 +72,40 @@ impl Store {
     ];
 }
 
+/// The two stages, each with its own set of stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Order,
+    Sku,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Order => "order",
+            Stage::Sku => "sku",
+        }
+    }
+
+    pub fn stores(self) -> &'static [Store] {
+        match self {
+            Stage::Order => &Store::ORDER_STAGE,
+            Stage::Sku => &Store::SKU_STAGE,
+        }
+    }
+
+    /// The name a store goes by outside the task, unique across both stages: the `<store>` of
+    /// its changelog topic `<application_id>.<store>-changelog`. `meta` is mirrored as the
+    /// stage's checkpoint records, which close each batch.
+    pub fn store_name(self, store: Store) -> String {
+        match store {
+            Store::Meta => format!("{}-checkpoint", self.name()),
+            Store::Dedup => format!("{}-dedup", self.name()),
+            other => other.name().to_string(),
+        }
+    }
+}
+
 /// What went wrong with local state. The caller stops the task: a store it cannot read or
 /// write is not something to skip past.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +145,17 @@ impl Default for StateOptions {
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 16 << 20,
             read_only: false,
+        }
+    }
+}
+
+impl StateOptions {
+    /// A task's settings from the `state` section.
+    pub fn from_config(config: &crate::config::Config) -> StateOptions {
+        StateOptions {
+            sync_commits: config.state.sync_commits,
+            read_only: config.state.read_only,
+            ..StateOptions::default()
         }
     }
 }
@@ -316,6 +361,16 @@ impl TaskDb {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The batch's uncommitted writes to `store` (None is a delete), in no particular order:
+    /// what the changelog mirrors at commit.
+    pub fn changes(&self, store: Store) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.overlay
+            .get(&store)
+            .into_iter()
+            .flat_map(|o| o.iter())
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
     }
 
     /// Number of uncommitted writes.

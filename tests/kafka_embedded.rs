@@ -21,23 +21,12 @@ fn create_topics(
     cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
     config: &Config,
 ) {
-    let names = TopicNames::from_config(config);
-    let (o, s) = (
-        config.topics.order_partitions as i32,
-        config.topics.sku_partitions as i32,
-    );
-    for t in names.order_inputs() {
-        cluster.create_topic(t, o, 1).unwrap();
+    // The mock cluster takes no topic configs; compaction does not matter here.
+    for t in kafka::topic_specs(config) {
+        cluster
+            .create_topic(&t.name, t.partitions as i32, 1)
+            .unwrap();
     }
-    cluster
-        .create_topic(&names.reservation_expiry, o, 1)
-        .unwrap();
-    cluster.create_topic(&names.tracking_status, o, 1).unwrap();
-    for t in names.sku_inputs() {
-        cluster.create_topic(t, s, 1).unwrap();
-    }
-    cluster.create_topic(&names.oversell_alerts, s, 1).unwrap();
-    cluster.create_topic(&names.dead_letters, 1, 1).unwrap();
 }
 
 fn produce(config: &Config, records: &[orderfold::generate::Generated]) {
@@ -172,4 +161,41 @@ fn a_refused_output_stops_the_run_and_commits_nothing_of_its_batch() {
         assert_eq!(t.meta().next_offsets, [0; 2], "sku task {}", t.partition());
     }
     assert!(local.orders().unwrap().is_empty());
+}
+
+#[test]
+fn a_task_without_local_state_restores_it_from_the_changelogs() {
+    let cluster = MockCluster::new(1).unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), first.path(), 2, 2);
+    config.limits.commit_records_max = 1_000;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(23, 2_000);
+    produce(&config, &records);
+    let run = |config: &Config| {
+        runtime::run(
+            config,
+            Mode::UntilEnd,
+            Shutdown::default(),
+            Arc::new(Progress::default()),
+        )
+        .unwrap()
+    };
+    let report = run(&config);
+    assert_eq!(report.restore.applied, 0);
+
+    // The same application on an empty disk: everything comes back from the changelogs, and
+    // nothing is processed (or produced) again.
+    let second = tempfile::tempdir().unwrap();
+    config.state.dir = second.path().to_path_buf();
+    let report = run(&config);
+    assert_eq!(report.processed_this_run, 0);
+    assert_eq!(report.restore.tasks, 4);
+    assert!(report.restore.applied > 0);
+    assert_eq!(report.restore.tail, 0);
+    eprintln!("restore {:?} total {:?}", report.restore, report.elapsed);
+
+    let want = broker::expected(&records, &config, 2, 2);
+    let got = broker::actual(&config, false);
+    broker::assert_same(&got, &want);
 }

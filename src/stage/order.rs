@@ -190,12 +190,18 @@ impl OrderTask {
         codec: Arc<Codec>,
         config: &Config,
     ) -> Result<OrderTask, TaskError> {
-        let opts = StateOptions {
-            sync_commits: config.state.sync_commits,
-            read_only: config.state.read_only,
-            ..StateOptions::default()
-        };
-        let db = TaskDb::open(dir, &Store::ORDER_STAGE, &opts)?;
+        let db = TaskDb::open(dir, &Store::ORDER_STAGE, &StateOptions::from_config(config))?;
+        Self::from_db(db, partition, topics, codec, config)
+    }
+
+    /// The task over an opened (and, by the runtime, restored) database.
+    pub fn from_db(
+        db: TaskDb,
+        partition: u32,
+        topics: [String; INPUTS],
+        codec: Arc<Codec>,
+        config: &Config,
+    ) -> Result<OrderTask, TaskError> {
         let meta = db
             .get::<OrderMeta>(Store::Meta, META_KEY)?
             .unwrap_or_default();
@@ -656,6 +662,18 @@ impl OrderTask {
     /// Call only once the batch's outputs are acknowledged.
     pub fn commit(&mut self) -> Result<(), TaskError> {
         Ok(self.db.commit_with_meta(META_KEY, &self.meta)?)
+    }
+
+    /// Puts the task's bookkeeping among the batch's writes, so the changelog sees the batch
+    /// as it will commit; `commit` puts it again, unchanged.
+    pub fn stage_meta(&mut self) -> Result<(), TaskError> {
+        Ok(self.db.put(Store::Meta, META_KEY.to_vec(), &self.meta)?)
+    }
+
+    /// The task's database, for the runtime's changelog: it reads the batch's writes and adds
+    /// its changelog positions to the commit.
+    pub fn state_mut(&mut self) -> &mut TaskDb {
+        &mut self.db
     }
 
     /// Drops uncommitted work, as a crash would; the next read resumes from the last commit.

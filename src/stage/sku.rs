@@ -184,12 +184,19 @@ impl SkuTask {
         codec: Arc<Codec>,
         config: &Config,
     ) -> Result<SkuTask, TaskError> {
-        let opts = StateOptions {
-            sync_commits: config.state.sync_commits,
-            read_only: config.state.read_only,
-            ..StateOptions::default()
-        };
-        let db = TaskDb::open(dir, &Store::SKU_STAGE, &opts)?;
+        let db = TaskDb::open(dir, &Store::SKU_STAGE, &StateOptions::from_config(config))?;
+        Self::from_db(db, partition, topics, order_partitions, codec, config)
+    }
+
+    /// The task over an opened (and, by the runtime, restored) database.
+    pub fn from_db(
+        db: TaskDb,
+        partition: u32,
+        topics: [String; INPUTS],
+        order_partitions: u32,
+        codec: Arc<Codec>,
+        config: &Config,
+    ) -> Result<SkuTask, TaskError> {
         let meta = db
             .get::<SkuMeta>(Store::Meta, META_KEY)?
             .unwrap_or_default();
@@ -477,6 +484,18 @@ impl SkuTask {
     /// Writes the batch's state changes and the task's offsets in one atomic WriteBatch.
     pub fn commit(&mut self) -> Result<(), TaskError> {
         Ok(self.db.commit_with_meta(META_KEY, &self.meta)?)
+    }
+
+    /// Puts the task's bookkeeping among the batch's writes, so the changelog sees the batch
+    /// as it will commit; `commit` puts it again, unchanged.
+    pub fn stage_meta(&mut self) -> Result<(), TaskError> {
+        Ok(self.db.put(Store::Meta, META_KEY.to_vec(), &self.meta)?)
+    }
+
+    /// The task's database, for the runtime's changelog: it reads the batch's writes and adds
+    /// its changelog positions to the commit.
+    pub fn state_mut(&mut self) -> &mut TaskDb {
+        &mut self.db
     }
 
     pub fn discard(&mut self) -> Result<(), TaskError> {
