@@ -58,7 +58,9 @@ pub enum RestoreError {
         end: i64,
         local: i64,
     },
-    #[error("changelog {topic} partition {partition}: no record for {seconds} s before offset {end}")]
+    #[error(
+        "changelog {topic} partition {partition}: no record for {seconds} s before offset {end}"
+    )]
     Stalled {
         topic: String,
         partition: i32,
@@ -190,7 +192,10 @@ pub fn restore(
     let p = partition as i32;
     let local = local_positions(db)?;
     let consumer: BaseConsumer = kafka::client_config(config)
-        .set("group.id", format!("{}.restore", config.kafka.application_id))
+        .set(
+            "group.id",
+            format!("{}.restore", config.kafka.application_id),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
@@ -266,12 +271,15 @@ pub fn restore(
                 local: from.max(apply_until),
             });
         }
-        spans.push((*store, Span {
-            topic: topic.clone(),
-            from,
-            apply_until: apply_until.max(from),
-            end: high,
-        }));
+        spans.push((
+            *store,
+            Span {
+                topic: topic.clone(),
+                from,
+                apply_until: apply_until.max(from),
+                end: high,
+            },
+        ));
     }
     let mut remaining: u64 = spans
         .iter()
@@ -385,8 +393,14 @@ mod tests {
 
     #[test]
     fn values_keep_empty_puts_apart_from_deletes() {
-        assert_eq!(decode_value(encode_value(Some(b"")).as_deref()), Some(Some(&b""[..])));
-        assert_eq!(decode_value(encode_value(Some(b"ab")).as_deref()), Some(Some(&b"ab"[..])));
+        assert_eq!(
+            decode_value(encode_value(Some(b"")).as_deref()),
+            Some(Some(&b""[..]))
+        );
+        assert_eq!(
+            decode_value(encode_value(Some(b"ab")).as_deref()),
+            Some(Some(&b"ab"[..]))
+        );
         assert_eq!(decode_value(encode_value(None).as_deref()), Some(None));
         assert_eq!(decode_value(Some(b"\x02x")), None);
         assert_eq!(decode_value(Some(b"")), None);

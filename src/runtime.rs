@@ -804,7 +804,15 @@ impl Engine {
             for (p, slot) in &mut self.order {
                 if let Some(cl) = &mut slot.changelog {
                     let db = slot.task.state_mut();
-                    send_checkpoint(&self.producer, &self.names, Stage::Order, *p, db, cl, &acked)?;
+                    send_checkpoint(
+                        &self.producer,
+                        &self.names,
+                        Stage::Order,
+                        *p,
+                        db,
+                        cl,
+                        &acked,
+                    )?;
                 }
             }
             for (p, slot) in &mut self.sku {
@@ -818,12 +826,26 @@ impl Engine {
             let acked = self.producer.context().ends();
             for (p, slot) in &mut self.order {
                 if let Some(cl) = &mut slot.changelog {
-                    stage_positions(&self.names, Stage::Order, *p, slot.task.state_mut(), cl, &acked)?;
+                    stage_positions(
+                        &self.names,
+                        Stage::Order,
+                        *p,
+                        slot.task.state_mut(),
+                        cl,
+                        &acked,
+                    )?;
                 }
             }
             for (p, slot) in &mut self.sku {
                 if let Some(cl) = &mut slot.changelog {
-                    stage_positions(&self.names, Stage::Sku, *p, slot.task.state_mut(), cl, &acked)?;
+                    stage_positions(
+                        &self.names,
+                        Stage::Sku,
+                        *p,
+                        slot.task.state_mut(),
+                        cl,
+                        &acked,
+                    )?;
                 }
             }
         }
@@ -946,7 +968,9 @@ fn open_db(
         p,
         &mut db,
         &|applied: u64, remaining: u64| {
-            progress.restore_remaining.store(remaining, Ordering::Relaxed);
+            progress
+                .restore_remaining
+                .store(remaining, Ordering::Relaxed);
             if last_log.get().elapsed() >= RESTORE_LOG_INTERVAL {
                 last_log.set(Instant::now());
                 tracing::info!(
