@@ -361,10 +361,18 @@ fn read_span(
                     break;
                 }
             }
-            // Only one partition is assigned, so an end-of-partition event is this one's. A
-            // compacted changelog may have lost its last offsets: past the end with nothing
-            // more arriving for a moment, the partition is done.
+            // Only one partition is assigned, so an end-of-partition event is this one's. The
+            // last offsets may hold no record for us: a transaction's commit marker, or records
+            // compaction removed. The consumer's position passes the first; for the second,
+            // nothing more arriving for a moment means the partition is done.
             Some(Err(KafkaError::PartitionEOF(_))) => {
+                let position = consumer.position()?;
+                let passed = position
+                    .find_partition(&span.topic, p)
+                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= span.end));
+                if passed {
+                    break;
+                }
                 at_end_since.get_or_insert_with(Instant::now);
             }
             Some(Err(e)) => return Err(e.into()),

@@ -43,10 +43,8 @@ pub enum RuntimeError {
     Restore(#[from] RestoreError),
     #[error("codec: {0}")]
     Schema(#[from] crate::codec::SchemaError),
-    #[error(
-        "processing.guarantee = exactly_once is not available yet (issue #4); use at_least_once"
-    )]
-    Unsupported,
+    #[error("exactly_once: the consumer has no group metadata to send with the offsets")]
+    NoGroupMetadata,
     #[error("shutdown took longer than runtime.shutdown_timeout_ms; the last batch will be processed again")]
     ShutdownTimeout,
 }
@@ -190,6 +188,8 @@ struct Engine {
     partitions: BTreeMap<String, u32>,
     state_root: PathBuf,
     producer: BaseProducer<Acks>,
+    /// `exactly_once`: the producer is transactional and a transaction is always open.
+    transactional: bool,
     order: BTreeMap<u32, Slot<OrderTask, { order_stage::INPUTS }>>,
     sku: BTreeMap<u32, Slot<SkuTask, { sku_stage::INPUTS }>>,
     paused: BTreeSet<(String, i32)>,
@@ -375,6 +375,14 @@ impl Engine {
     /// current batch may be committed, not even by the revocation that closing the consumer
     /// triggers (its acknowledgements may be the ones that failed).
     fn abandon(&mut self) {
+        if self.transactional {
+            let timeout = Duration::from_millis(self.config.runtime.produce_ack_timeout_ms);
+            if let Err(e) = self.producer.abort_transaction(timeout) {
+                // The broker aborts it anyway when the transaction times out, or fences it
+                // when this instance's transactional id starts again.
+                tracing::warn!(error = %e, "cannot abort the open transaction");
+            }
+        }
         self.order.clear();
         self.sku.clear();
         self.paused.clear();
@@ -761,6 +769,14 @@ impl Engine {
     /// 5. Each task writes its state changes, input offsets and changelog positions in one
     ///    atomic RocksDB WriteBatch. This, not the group, is where a task resumes.
     /// 6. Commit the same offsets to the consumer group, asynchronously, so lag is visible.
+    ///
+    /// Under `exactly_once` every record above belongs to the open transaction, so steps 3
+    /// and 4 only learn offsets and nothing is visible to `read_committed` readers yet. Between
+    /// 4 and 5 the input offsets are sent to the transaction with the group's metadata and the
+    /// transaction commits: outputs, commands, changelogs and offsets together, or none of
+    /// them. Step 5 follows (a crash before it leaves local state one batch behind its
+    /// changelog, which the restart restores), step 6 is the transaction's offsets, and a new
+    /// transaction begins.
     fn commit(
         &mut self,
         consumer: &BaseConsumer<GroupContext>,
@@ -849,31 +865,25 @@ impl Engine {
                 }
             }
         }
+        let offsets = self.input_offsets()?;
+        if self.transactional {
+            let group = consumer
+                .group_metadata()
+                .ok_or(RuntimeError::NoGroupMetadata)?;
+            self.producer
+                .send_offsets_to_transaction(&offsets, &group, ack_timeout)?;
+            self.producer.commit_transaction(ack_timeout)?;
+        }
         let flush_ms = flush_started.elapsed().as_millis();
         let write_started = Instant::now();
         // 5.
-        let mut offsets = TopicPartitionList::new();
-        for (p, slot) in &mut self.order {
+        for slot in self.order.values_mut() {
             slot.task.commit()?;
             slot.processed_since_commit = 0;
-            for (rank, topic) in self.names.order_inputs().iter().enumerate() {
-                offsets.add_partition_offset(
-                    topic,
-                    *p as i32,
-                    Offset::Offset(slot.task.next_offset(rank)),
-                )?;
-            }
         }
-        for (p, slot) in &mut self.sku {
+        for slot in self.sku.values_mut() {
             slot.task.commit()?;
             slot.processed_since_commit = 0;
-            for (input, topic) in self.names.sku_inputs().iter().enumerate() {
-                offsets.add_partition_offset(
-                    topic,
-                    *p as i32,
-                    Offset::Offset(slot.task.next_offset(input)),
-                )?;
-            }
         }
         tracing::debug!(
             flush_ms,
@@ -883,7 +893,9 @@ impl Engine {
             "committed"
         );
         // 6.
-        if offsets.count() > 0 {
+        if self.transactional {
+            self.producer.begin_transaction()?;
+        } else if offsets.count() > 0 {
             if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
                 // Lag reporting only: the state already holds the offsets.
                 tracing::debug!(error = %e, "group offset commit failed");
@@ -892,6 +904,24 @@ impl Engine {
         self.dirty = false;
         self.last_commit = Instant::now();
         Ok(())
+    }
+
+    /// Every task's next input offsets, as the group stores them.
+    fn input_offsets(&self) -> Result<TopicPartitionList, RuntimeError> {
+        let mut offsets = TopicPartitionList::new();
+        for (p, slot) in &self.order {
+            for (rank, topic) in self.names.order_inputs().iter().enumerate() {
+                let next = Offset::Offset(slot.task.next_offset(rank));
+                offsets.add_partition_offset(topic, *p as i32, next)?;
+            }
+        }
+        for (p, slot) in &self.sku {
+            for (input, topic) in self.names.sku_inputs().iter().enumerate() {
+                let next = Offset::Offset(slot.task.next_offset(input));
+                offsets.add_partition_offset(topic, *p as i32, next)?;
+            }
+        }
+        Ok(offsets)
     }
 
     fn collect_report(&mut self) -> Result<(), RuntimeError> {
@@ -940,6 +970,36 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// This instance's transactional id: the configured one, or `<application_id>-<instance id>`
+/// with an instance id created once in the state directory, so that a restart on the same
+/// disk fences its own zombie and two instances never fence each other.
+fn transactional_id(config: &Config, state_root: &std::path::Path) -> Result<String, RuntimeError> {
+    if !config.kafka.transactional_id.is_empty() {
+        return Ok(config.kafka.transactional_id.clone());
+    }
+    let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", state_root.display()));
+    std::fs::create_dir_all(state_root).map_err(io)?;
+    let file = state_root.join("instance-id");
+    let id = match std::fs::read_to_string(&file) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            // Unique enough for an instance: the disk's path, the process and the instant.
+            let seed = format!(
+                "{}/{}/{:?}",
+                state_root.display(),
+                std::process::id(),
+                SystemTime::now()
+            );
+            let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes())
+                .simple()
+                .to_string();
+            std::fs::write(&file, &id).map_err(io)?;
+            id
+        }
+    };
+    Ok(format!("{}-{id}", config.kafka.application_id))
 }
 
 /// Opens a task's RocksDB and, with changelogs on, restores what it is missing before the task
@@ -1218,9 +1278,6 @@ pub fn run(
     shutdown: Shutdown,
     progress: Arc<Progress>,
 ) -> Result<RunReport, RuntimeError> {
-    if config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
-        return Err(RuntimeError::Unsupported);
-    }
     let started = Instant::now();
     let names = TopicNames::from_config(config);
     let layout = kafka::check_layout(config)?;
@@ -1233,9 +1290,22 @@ pub fn run(
         Mode::UntilOffsets(known) => Some(capture_ends(config, &names, &codec, Some(known))?),
         Mode::Live => None,
     };
+    let state_root = config.state.dir.join(&config.kafka.application_id);
+    let transactional = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
+    let mut producer_config = kafka::producer_config(config);
+    if transactional {
+        let id = transactional_id(config, &state_root)?;
+        tracing::info!(transactional_id = %id, "exactly_once: transactional producer");
+        producer_config.set("transactional.id", id);
+    }
     // The acknowledgements' offsets tell each checkpoint where its batch ends.
-    let producer: BaseProducer<Acks> =
-        kafka::producer_config(config).create_with_context(Acks::tracking_ends())?;
+    let producer: BaseProducer<Acks> = producer_config.create_with_context(Acks::tracking_ends())?;
+    if transactional {
+        // Fences any earlier producer with this id (a zombie of this instance) and aborts
+        // whatever transaction it left open.
+        producer.init_transactions(kafka::REQUEST_TIMEOUT)?;
+        producer.begin_transaction()?;
+    }
     let engine = Engine {
         config: config.clone(),
         names: names.clone(),
@@ -1243,8 +1313,9 @@ pub fn run(
         codec,
         layout,
         partitions,
-        state_root: config.state.dir.join(&config.kafka.application_id),
+        state_root,
         producer,
+        transactional,
         order: BTreeMap::new(),
         sku: BTreeMap::new(),
         paused: BTreeSet::new(),

@@ -199,3 +199,96 @@ fn a_task_without_local_state_restores_it_from_the_changelogs() {
     let got = broker::actual(&config, false);
     broker::assert_same(&got, &want);
 }
+
+/// The exactly_once API flow: a transactional producer, offsets sent to each transaction. The
+/// mock cluster accepts the API but does not hide aborted records from readers, so this shows
+/// the flow and the results, not isolation.
+#[test]
+fn exactly_once_runs_the_transaction_flow_and_equals_the_driver() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    config.kafka.processing_guarantee = orderfold::config::Guarantee::ExactlyOnce;
+    config.limits.commit_records_max = 1_000;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(29, 2_000);
+    produce(&config, &records);
+    let report = runtime::run(
+        &config,
+        Mode::UntilEnd,
+        Shutdown::default(),
+        Arc::new(Progress::default()),
+    )
+    .unwrap();
+    assert_eq!(
+        report.processed_this_run,
+        broker::order_stage_records(&records)
+    );
+    // The instance id that names the transactional producer is kept for the next start.
+    let id_file = state
+        .path()
+        .join(&config.kafka.application_id)
+        .join("instance-id");
+    assert!(!std::fs::read_to_string(id_file).unwrap().is_empty());
+    let want = broker::expected(&records, &config, 2, 2);
+    let got = broker::actual(&config, false);
+    broker::assert_same(&got, &want);
+}
+
+/// A transaction that fails to commit is aborted, the run stops with nothing of the batch in
+/// local state, and the next run (its producer fencing the old one by transactional id)
+/// processes the batch again and finishes.
+#[test]
+fn a_transaction_that_cannot_commit_is_aborted_and_the_next_run_recovers() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    config.kafka.processing_guarantee = orderfold::config::Guarantee::ExactlyOnce;
+    // Without changelogs, so recovery goes through local state and input offsets alone: the
+    // mock cluster would let a restore read the aborted batch's checkpoint, which a real
+    // broker hides from read_committed readers.
+    config.state.changelog = false;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(31, 1_000);
+    produce(&config, &records);
+    // The first commit's EndTxn is refused with an error that forbids committing.
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
+    );
+    let err = runtime::run(
+        &config,
+        Mode::UntilEnd,
+        Shutdown::default(),
+        Arc::new(Progress::default()),
+    )
+    .expect_err("a transaction that cannot commit must stop the run");
+    assert!(matches!(err, RuntimeError::Kafka(_)), "{err}");
+    let local = LocalState::open(&config).unwrap();
+    assert!(!local.order_tasks.is_empty());
+    for t in &local.order_tasks {
+        assert_eq!(
+            t.meta().next_offsets,
+            [0; 3],
+            "order task {}",
+            t.partition()
+        );
+    }
+    drop(local);
+
+    let report = runtime::run(
+        &config,
+        Mode::UntilEnd,
+        Shutdown::default(),
+        Arc::new(Progress::default()),
+    )
+    .unwrap();
+    assert_eq!(
+        report.processed_this_run,
+        broker::order_stage_records(&records)
+    );
+    let want = broker::expected(&records, &config, 2, 2);
+    // The aborted batch's records stay visible on the mock cluster: compare without them.
+    let got = broker::actual(&config, true);
+    broker::assert_same(&got, &want);
+}
