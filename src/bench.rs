@@ -175,3 +175,172 @@ pub fn orderfold(config: &Config, ends: &EndOffsets) -> Result<Measured, BenchEr
         cpu_seconds: cpu_seconds() - cpu,
     })
 }
+
+/// The restore benchmark's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreMeasured {
+    /// Keys in state: half orders, half SKUs.
+    pub keys: u64,
+    /// Reading every changelog record with a plain consumer, nothing applied: the ceiling.
+    pub consume: Measured,
+    /// Restoring every task into an empty state directory (events = records applied).
+    pub restore: Measured,
+    /// A restart on the same disk after a crash that left an unfinished batch in the
+    /// changelogs: opening and restoring every task until all are ready.
+    pub ready_after_restart_seconds: f64,
+    /// The unfinished batch's records, read but not applied by that restart.
+    pub tail_records: u64,
+}
+
+/// Restore speed and time-to-ready: fills the stage's main changelogs with `keys` keys and a
+/// checkpoint per task, then measures a plain read of them, a restore onto an empty disk, and
+/// a restart with local state after a crash left an unfinished batch of 1% of the keys.
+pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError> {
+    use crate::changelog::{self, Checkpoint};
+    use crate::state::{Stage, StateOptions, Store, TaskDb};
+
+    let names = TopicNames::from_config(config);
+    let stores = [
+        (Stage::Order, Store::Orders, "order"),
+        (Stage::Sku, Store::Skus, "sku"),
+    ];
+    // A value of the size of an order or a SKU's totals.
+    let value = changelog::encode_value(Some(&[0x55; 120])).unwrap_or_default();
+    let records = |n: u64, salt: &str| -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let (stage, store, prefix) = stores[(i % 2) as usize];
+                let topic = names.changelog(stage, store).to_string();
+                (topic, format!("{prefix}-{salt}{i:08}").into_bytes())
+            })
+            .collect()
+    };
+    let state = records(keys, "");
+    let ends = kafka::produce_all(
+        config,
+        state
+            .iter()
+            .map(|(t, k)| (t.as_str(), Some(k.as_slice()), Some(value.as_slice()))),
+        None,
+        |_| {},
+    )?;
+    let partitions = |stage: Stage| match stage {
+        Stage::Order => config.topics.order_partitions,
+        Stage::Sku => config.topics.sku_partitions,
+    };
+    // One checkpoint per task closes the state written above.
+    let producer: BaseProducer<Acks> =
+        kafka::producer_config(config).create_with_context(Acks::default())?;
+    for stage in [Stage::Order, Stage::Sku] {
+        for p in 0..partitions(stage) as i32 {
+            let checkpoint = Checkpoint {
+                ends: names
+                    .changelogs(stage)
+                    .iter()
+                    .filter(|(s, _)| *s != Store::Meta)
+                    .map(|(s, t)| {
+                        let end = ends.get(&(t.clone(), p)).copied().unwrap_or(0);
+                        (stage.store_name(*s), end)
+                    })
+                    .collect(),
+                meta: Vec::new(),
+            };
+            let bytes = postcard::to_stdvec(&checkpoint)
+                .map_err(|e| ClientError::Io(format!("checkpoint: {e}")))?;
+            let mut record: BaseRecord<[u8], [u8]> =
+                BaseRecord::to(names.changelog(stage, Store::Meta));
+            record.key = Some(changelog::CHECKPOINT_KEY);
+            record.payload = Some(&bytes);
+            record.partition = Some(p);
+            producer.send(record).map_err(|(e, _)| e)?;
+        }
+    }
+    producer.flush(kafka::REQUEST_TIMEOUT)?;
+    producer.context().take_failures()?;
+
+    // The ceiling: every record of those changelogs, read and dropped.
+    let consumer: BaseConsumer = kafka::client_config(config)
+        .set("group.id", format!("{}.bench", config.kafka.application_id))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut remaining: BTreeMap<(String, i32), i64> =
+        ends.iter().filter(|(_, e)| **e > 0).map(|(k, v)| (k.clone(), *v)).collect();
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in remaining.keys() {
+        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
+    }
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    consumer.assign(&tpl)?;
+    let limit = Duration::from_secs(600);
+    let mut read = 0u64;
+    while !remaining.is_empty() {
+        if started.elapsed() > limit {
+            return Err(BenchError::Timeout(limit));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        read += 1;
+        let key = (m.topic().to_string(), m.partition());
+        if remaining.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+            remaining.remove(&key);
+        }
+    }
+    let consume = Measured {
+        events: read,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds() - cpu,
+    };
+    drop(consumer);
+
+    let dir = tempfile::tempdir().map_err(|e| ClientError::Io(e.to_string()))?;
+    let open_all = || -> Result<(u64, u64), BenchError> {
+        let (mut applied, mut tail) = (0, 0);
+        for stage in [Stage::Order, Stage::Sku] {
+            for p in 0..partitions(stage) {
+                let path = dir.path().join(format!("{}-{p}", stage.name()));
+                let mut db = TaskDb::open(&path, stage.stores(), &StateOptions::from_config(config))
+                    .map_err(|e| ClientError::Io(e.to_string()))?;
+                let r = changelog::restore(config, stage, p, &mut db, &|_: u64, _: u64| {})
+                    .map_err(|e| ClientError::Io(e.to_string()))?;
+                applied += r.applied;
+                tail += r.tail;
+            }
+        }
+        Ok((applied, tail))
+    };
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let (applied, _) = open_all()?;
+    let restore = Measured {
+        events: applied,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds() - cpu,
+    };
+
+    // A crash in the middle of a commit: an unfinished batch, with no checkpoint, after it.
+    let unfinished = records((keys / 100).max(1), "x");
+    kafka::produce_all(
+        config,
+        unfinished
+            .iter()
+            .map(|(t, k)| (t.as_str(), Some(k.as_slice()), Some(value.as_slice()))),
+        None,
+        |_| {},
+    )?;
+    let started = Instant::now();
+    let (again, tail) = open_all()?;
+    let ready_after_restart_seconds = started.elapsed().as_secs_f64();
+    if again != 0 {
+        return Err(ClientError::Io(format!("the restart applied {again} records again")).into());
+    }
+    Ok(RestoreMeasured {
+        keys,
+        consume,
+        restore,
+        ready_after_restart_seconds,
+        tail_records: tail,
+    })
+}

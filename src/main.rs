@@ -144,13 +144,19 @@ struct BenchArgs {
     /// storage slows down as it fills and whichever ran second would pay for the first.
     #[arg(long, value_enum, default_value_t = BenchPhase::Both)]
     phase: BenchPhase,
+    /// Keys in state for `--phase restore` (half orders, half SKUs).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BenchPhase {
     Ceiling,
     Orderfold,
+    /// Ceiling then orderfold on one broker.
     Both,
+    /// Restore speed and time-to-ready after a crash, on changelogs of `--keys` keys.
+    Restore,
 }
 
 #[derive(Subcommand)]
@@ -395,6 +401,21 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     config.state.dir = state.path().to_path_buf();
     config.runtime.wall_clock_advance = false;
     tokio_runtime()?.block_on(kafka::create_topics(&config))?;
+    if args.phase == BenchPhase::Restore {
+        let r = orderfold::bench::restore(&config, args.keys)?;
+        eprintln!(
+            "restore: {} keys; plain read {:.0} records/s; restore onto an empty disk {:.0} records/s \
+             ({:.2} of the read); ready {:.2} s after a crash with local state ({} unfinished records read)",
+            r.keys,
+            r.consume.events_per_sec(),
+            r.restore.events_per_sec(),
+            r.restore.events_per_sec() / r.consume.events_per_sec().max(1e-9),
+            r.ready_after_restart_seconds,
+            r.tail_records
+        );
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
     let spec = WorkloadSpec {
         seed: args.seed,
         orders: args.orders,
