@@ -93,7 +93,7 @@ pub fn ceiling(
         .create()?;
     let producer: BaseProducer<Acks> =
         kafka::producer_config(config).create_with_context(Acks::default())?;
-    let mut remaining: BTreeMap<(String, i32), i64> = ends
+    let remaining: BTreeMap<(String, i32), i64> = ends
         .iter()
         .filter(|((t, _), end)| copies.contains_key(t.as_str()) && **end > 0)
         .map(|(k, v)| (k.clone(), *v))
@@ -106,16 +106,9 @@ pub fn ceiling(
     let cpu = cpu_seconds();
     let started = Instant::now();
     consumer.assign(&tpl)?;
-    while !remaining.is_empty() {
-        if started.elapsed() > limit {
-            return Err(BenchError::Timeout(limit));
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m?;
+    read_to_ends(&consumer, remaining, started, limit, |m| {
         let Some(copy) = copies.get(m.topic()) else {
-            continue;
+            return Ok(());
         };
         let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(copy);
         record.key = m.key();
@@ -123,7 +116,7 @@ pub fn ceiling(
         record.partition = Some(m.partition());
         loop {
             match producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -136,6 +129,36 @@ pub fn ceiling(
                 Err((e, _)) => return Err(e.into()),
             }
         }
+    })?;
+    producer.flush(limit)?;
+    producer.context().take_failures()?;
+    Ok(Measured {
+        events: events as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds() - cpu,
+    })
+}
+
+/// Polls the assigned partitions until each has delivered the record before its end offset in
+/// `remaining`, handing every record to `f`; returns how many were read.
+fn read_to_ends(
+    consumer: &BaseConsumer,
+    mut remaining: BTreeMap<(String, i32), i64>,
+    started: Instant,
+    limit: Duration,
+    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), BenchError>,
+) -> Result<u64, BenchError> {
+    let mut read = 0;
+    while !remaining.is_empty() {
+        if started.elapsed() > limit {
+            return Err(BenchError::Timeout(limit));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        read += 1;
+        f(&m)?;
         let key = (m.topic().to_string(), m.partition());
         if remaining
             .get(&key)
@@ -144,13 +167,7 @@ pub fn ceiling(
             remaining.remove(&key);
         }
     }
-    producer.flush(limit)?;
-    producer.context().take_failures()?;
-    Ok(Measured {
-        events: events as u64,
-        seconds: started.elapsed().as_secs_f64(),
-        cpu_seconds: cpu_seconds() - cpu,
-    })
+    Ok(read)
 }
 
 /// orderfold itself: a bounded run to the given end offsets on fresh state.
@@ -263,8 +280,11 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
         .set("group.id", format!("{}.bench", config.kafka.application_id))
         .set("enable.auto.commit", "false")
         .create()?;
-    let mut remaining: BTreeMap<(String, i32), i64> =
-        ends.iter().filter(|(_, e)| **e > 0).map(|(k, v)| (k.clone(), *v)).collect();
+    let remaining: BTreeMap<(String, i32), i64> = ends
+        .iter()
+        .filter(|(_, e)| **e > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     let mut tpl = TopicPartitionList::new();
     for (t, p) in remaining.keys() {
         tpl.add_partition_offset(t, *p, Offset::Beginning)?;
@@ -272,22 +292,13 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
     let cpu = cpu_seconds();
     let started = Instant::now();
     consumer.assign(&tpl)?;
-    let limit = Duration::from_secs(600);
-    let mut read = 0u64;
-    while !remaining.is_empty() {
-        if started.elapsed() > limit {
-            return Err(BenchError::Timeout(limit));
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m?;
-        read += 1;
-        let key = (m.topic().to_string(), m.partition());
-        if remaining.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
-            remaining.remove(&key);
-        }
-    }
+    let read = read_to_ends(
+        &consumer,
+        remaining,
+        started,
+        Duration::from_secs(600),
+        |_| Ok(()),
+    )?;
     let consume = Measured {
         events: read,
         seconds: started.elapsed().as_secs_f64(),
@@ -301,8 +312,9 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
         for stage in [Stage::Order, Stage::Sku] {
             for p in 0..partitions(stage) {
                 let path = dir.path().join(format!("{}-{p}", stage.name()));
-                let mut db = TaskDb::open(&path, stage.stores(), &StateOptions::from_config(config))
-                    .map_err(|e| ClientError::Io(e.to_string()))?;
+                let mut db =
+                    TaskDb::open(&path, stage.stores(), &StateOptions::from_config(config))
+                        .map_err(|e| ClientError::Io(e.to_string()))?;
                 let r = changelog::restore(config, stage, p, &mut db, &|_: u64, _: u64| {})
                     .map_err(|e| ClientError::Io(e.to_string()))?;
                 applied += r.applied;

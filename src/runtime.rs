@@ -798,72 +798,26 @@ impl Engine {
         }
         self.produce(&mut out)?;
         // 2.
-        for (p, slot) in &mut self.order {
-            if let Some(cl) = &mut slot.changelog {
-                let db = slot.task.state_mut();
-                send_changelog(&self.producer, &self.names, Stage::Order, *p, db, cl)?;
-            }
-        }
-        for (p, slot) in &mut self.sku {
-            if let Some(cl) = &mut slot.changelog {
-                let db = slot.task.state_mut();
-                send_changelog(&self.producer, &self.names, Stage::Sku, *p, db, cl)?;
-            }
-        }
+        let (producer, names) = (&self.producer, &self.names);
+        each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
+            send_changelog(producer, names, stage, p, db, cl)
+        })?;
         // 3.
         let flush_started = Instant::now();
-        self.producer.flush(ack_timeout)?;
-        self.producer.context().take_failures()?;
+        producer.flush(ack_timeout)?;
+        producer.context().take_failures()?;
         // 4.
         if self.config.state.changelog {
-            let acked = self.producer.context().ends();
-            for (p, slot) in &mut self.order {
-                if let Some(cl) = &mut slot.changelog {
-                    let db = slot.task.state_mut();
-                    send_checkpoint(
-                        &self.producer,
-                        &self.names,
-                        Stage::Order,
-                        *p,
-                        db,
-                        cl,
-                        &acked,
-                    )?;
-                }
-            }
-            for (p, slot) in &mut self.sku {
-                if let Some(cl) = &mut slot.changelog {
-                    let db = slot.task.state_mut();
-                    send_checkpoint(&self.producer, &self.names, Stage::Sku, *p, db, cl, &acked)?;
-                }
-            }
-            self.producer.flush(ack_timeout)?;
-            self.producer.context().take_failures()?;
-            let acked = self.producer.context().ends();
-            for (p, slot) in &mut self.order {
-                if let Some(cl) = &mut slot.changelog {
-                    stage_positions(
-                        &self.names,
-                        Stage::Order,
-                        *p,
-                        slot.task.state_mut(),
-                        cl,
-                        &acked,
-                    )?;
-                }
-            }
-            for (p, slot) in &mut self.sku {
-                if let Some(cl) = &mut slot.changelog {
-                    stage_positions(
-                        &self.names,
-                        Stage::Sku,
-                        *p,
-                        slot.task.state_mut(),
-                        cl,
-                        &acked,
-                    )?;
-                }
-            }
+            let acked = producer.context().ends();
+            each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
+                send_checkpoint(producer, names, stage, p, db, cl, &acked)
+            })?;
+            producer.flush(ack_timeout)?;
+            producer.context().take_failures()?;
+            let acked = producer.context().ends();
+            each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
+                stage_positions(names, stage, p, db, cl, &acked)
+            })?;
         }
         let offsets = self.input_offsets()?;
         if self.transactional {
@@ -1070,6 +1024,25 @@ fn open_db(
             repair: restored.repair,
         }),
     ))
+}
+
+/// Calls `f` for every open task that keeps a changelog, order tasks first.
+fn each_changelog(
+    order: &mut BTreeMap<u32, Slot<OrderTask, { order_stage::INPUTS }>>,
+    sku: &mut BTreeMap<u32, Slot<SkuTask, { sku_stage::INPUTS }>>,
+    mut f: impl FnMut(Stage, u32, &mut TaskDb, &mut TaskChangelog) -> Result<(), RuntimeError>,
+) -> Result<(), RuntimeError> {
+    for (p, slot) in order {
+        if let Some(cl) = &mut slot.changelog {
+            f(Stage::Order, *p, slot.task.state_mut(), cl)?;
+        }
+    }
+    for (p, slot) in sku {
+        if let Some(cl) = &mut slot.changelog {
+            f(Stage::Sku, *p, slot.task.state_mut(), cl)?;
+        }
+    }
+    Ok(())
 }
 
 /// Commit step 2 for one task: the repair of an unfinished tail, then the batch's writes.

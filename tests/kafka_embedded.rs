@@ -29,6 +29,16 @@ fn create_topics(
     }
 }
 
+/// A bounded run of the runtime in this process.
+fn run_until_end(config: &Config) -> Result<runtime::RunReport, RuntimeError> {
+    runtime::run(
+        config,
+        Mode::UntilEnd,
+        Shutdown::default(),
+        Arc::new(Progress::default()),
+    )
+}
+
 fn produce(config: &Config, records: &[orderfold::generate::Generated]) {
     let codec = Codec::new().unwrap();
     let names = TopicNames::from_config(config);
@@ -71,13 +81,7 @@ fn a_run_on_the_embedded_broker_equals_the_broker_free_driver() {
     let (_, records) = broker::workload(11, 4_000);
     produce(&config, &records);
 
-    let report = runtime::run(
-        &config,
-        Mode::UntilEnd,
-        Shutdown::default(),
-        Arc::new(Progress::default()),
-    )
-    .unwrap();
+    let report = run_until_end(&config).unwrap();
     assert_eq!(
         report.processed_this_run,
         broker::order_stage_records(&records)
@@ -86,9 +90,7 @@ fn a_run_on_the_embedded_broker_equals_the_broker_free_driver() {
         assert!(a.closes(), "accounting of {topic} does not close: {a:?}");
     }
 
-    let want = broker::expected(&records, &config, 3, 2);
-    let got = broker::actual(&config, false);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(&records, &config, 3, 2, false);
 }
 
 #[test]
@@ -101,13 +103,8 @@ fn a_misconfigured_layout_is_refused_naming_the_topics() {
     let mut wrong = config.clone();
     wrong.topics.payments = format!("{}-3", config.topics.payments);
     cluster.create_topic(&wrong.topics.payments, 3, 1).unwrap();
-    let err = runtime::run(
-        &wrong,
-        Mode::UntilEnd,
-        Shutdown::default(),
-        Arc::new(Progress::default()),
-    )
-    .expect_err("a run on mismatched partition counts must be refused");
+    let err =
+        run_until_end(&wrong).expect_err("a run on mismatched partition counts must be refused");
     let msg = err.to_string();
     assert!(msg.contains(&wrong.topics.payments), "{msg}");
     assert!(msg.contains(&wrong.topics.orders), "{msg}");
@@ -172,15 +169,7 @@ fn a_task_without_local_state_restores_it_from_the_changelogs() {
     create_topics(&cluster, &config);
     let (_, records) = broker::workload(23, 2_000);
     produce(&config, &records);
-    let run = |config: &Config| {
-        runtime::run(
-            config,
-            Mode::UntilEnd,
-            Shutdown::default(),
-            Arc::new(Progress::default()),
-        )
-        .unwrap()
-    };
+    let run = |config: &Config| run_until_end(config).unwrap();
     let report = run(&config);
     assert_eq!(report.restore.applied, 0);
 
@@ -193,11 +182,8 @@ fn a_task_without_local_state_restores_it_from_the_changelogs() {
     assert_eq!(report.restore.tasks, 4);
     assert!(report.restore.applied > 0);
     assert_eq!(report.restore.tail, 0);
-    eprintln!("restore {:?} total {:?}", report.restore, report.elapsed);
 
-    let want = broker::expected(&records, &config, 2, 2);
-    let got = broker::actual(&config, false);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(&records, &config, 2, 2, false);
 }
 
 /// The exactly_once API flow: a transactional producer, offsets sent to each transaction. The
@@ -213,13 +199,7 @@ fn exactly_once_runs_the_transaction_flow_and_equals_the_driver() {
     create_topics(&cluster, &config);
     let (_, records) = broker::workload(29, 2_000);
     produce(&config, &records);
-    let report = runtime::run(
-        &config,
-        Mode::UntilEnd,
-        Shutdown::default(),
-        Arc::new(Progress::default()),
-    )
-    .unwrap();
+    let report = run_until_end(&config).unwrap();
     assert_eq!(
         report.processed_this_run,
         broker::order_stage_records(&records)
@@ -230,9 +210,7 @@ fn exactly_once_runs_the_transaction_flow_and_equals_the_driver() {
         .join(&config.kafka.application_id)
         .join("instance-id");
     assert!(!std::fs::read_to_string(id_file).unwrap().is_empty());
-    let want = broker::expected(&records, &config, 2, 2);
-    let got = broker::actual(&config, false);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(&records, &config, 2, 2, false);
 }
 
 /// A transaction that fails to commit is aborted, the run stops with nothing of the batch in
@@ -256,13 +234,8 @@ fn a_transaction_that_cannot_commit_is_aborted_and_the_next_run_recovers() {
         RDKafkaApiKey::EndTxn,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
     );
-    let err = runtime::run(
-        &config,
-        Mode::UntilEnd,
-        Shutdown::default(),
-        Arc::new(Progress::default()),
-    )
-    .expect_err("a transaction that cannot commit must stop the run");
+    let err =
+        run_until_end(&config).expect_err("a transaction that cannot commit must stop the run");
     assert!(matches!(err, RuntimeError::Kafka(_)), "{err}");
     let local = LocalState::open(&config).unwrap();
     assert!(!local.order_tasks.is_empty());
@@ -276,13 +249,7 @@ fn a_transaction_that_cannot_commit_is_aborted_and_the_next_run_recovers() {
     }
     drop(local);
 
-    let report = runtime::run(
-        &config,
-        Mode::UntilEnd,
-        Shutdown::default(),
-        Arc::new(Progress::default()),
-    )
-    .unwrap();
+    let report = run_until_end(&config).unwrap();
     assert_eq!(
         report.processed_this_run,
         broker::order_stage_records(&records)

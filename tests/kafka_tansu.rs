@@ -70,6 +70,16 @@ fn check(out: Output, what: &str) -> Output {
     out
 }
 
+/// A broker with nothing on it, and a config file with two partitions per stage.
+fn empty_broker() -> (Tansu, tempfile::TempDir, Config, PathBuf) {
+    let tansu = Tansu::start();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&tansu.addr, state.path(), 2, 2);
+    let file = state.path().join("orderfold.toml");
+    broker::write_config(&config, &file);
+    (tansu, state, config, file)
+}
+
 /// A broker with the topics created and a workload produced, both by the binary's commands.
 struct Setup {
     tansu: Tansu,
@@ -306,9 +316,13 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_only_identical_outputs() 
         "the run after the kills",
     );
     assert!(processed(&out.stdout) < broker::order_stage_records(&s.records));
-    let want = broker::expected(&s.records, &s.config, ORDER_PARTITIONS, SKU_PARTITIONS);
-    let got = broker::actual(&s.config, true);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(
+        &s.records,
+        &s.config,
+        ORDER_PARTITIONS,
+        SKU_PARTITIONS,
+        true,
+    );
     drop(s.state);
 }
 
@@ -343,18 +357,18 @@ fn sigterm_commits_and_exits_in_time_and_nothing_is_processed_twice() {
     );
     // Every order-stage record was processed exactly once over the two runs.
     assert_eq!(first + processed(&out.stdout), total);
-    let want = broker::expected(&s.records, &s.config, ORDER_PARTITIONS, SKU_PARTITIONS);
-    let got = broker::actual(&s.config, false);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(
+        &s.records,
+        &s.config,
+        ORDER_PARTITIONS,
+        SKU_PARTITIONS,
+        false,
+    );
 }
 
 #[test]
 fn a_topic_layout_with_different_partition_counts_exits_non_zero_naming_the_topics() {
-    let tansu = Tansu::start();
-    let state = tempfile::tempdir().unwrap();
-    let config = broker::config(&tansu.addr, state.path(), 2, 2);
-    let file = state.path().join("orderfold.toml");
-    broker::write_config(&config, &file);
+    let (_tansu, state, config, file) = empty_broker();
     check(
         orderfold(&file)
             .args(["topics", "create"])
@@ -438,9 +452,7 @@ fn scaling_out_to_three_instances_and_back_in_under_load_equals_the_driver() {
     assert!(last["restore"]["applied"].as_u64().unwrap() > 0, "{last}");
     let mut config = s.config.clone();
     config.state.dir = dirs[0].path().to_path_buf();
-    let want = broker::expected(&s.records, &config, ORDER_PARTITIONS, SKU_PARTITIONS);
-    let got = broker::actual(&config, true);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(&s.records, &config, ORDER_PARTITIONS, SKU_PARTITIONS, true);
 }
 
 #[test]
@@ -473,9 +485,7 @@ fn a_lost_disk_is_rebuilt_from_the_changelogs() {
     );
     let mut config = s.config.clone();
     config.state.dir = fresh.path().to_path_buf();
-    let want = broker::expected(&s.records, &config, ORDER_PARTITIONS, SKU_PARTITIONS);
-    let got = broker::actual(&config, true);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(&s.records, &config, ORDER_PARTITIONS, SKU_PARTITIONS, true);
 }
 
 #[test]
@@ -503,18 +513,18 @@ fn a_restart_after_sigkill_keeps_local_state_and_restores_only_the_tail() {
         read * 10 < written,
         "the restart read {read} of {written} changelog records: {r}"
     );
-    let want = broker::expected(&s.records, &s.config, ORDER_PARTITIONS, SKU_PARTITIONS);
-    let got = broker::actual(&s.config, true);
-    broker::assert_same(&got, &want);
+    broker::assert_matches_driver(
+        &s.records,
+        &s.config,
+        ORDER_PARTITIONS,
+        SKU_PARTITIONS,
+        true,
+    );
 }
 
 #[test]
 fn changelogs_whose_partition_counts_differ_from_their_stage_are_refused() {
-    let tansu = Tansu::start();
-    let state = tempfile::tempdir().unwrap();
-    let config = broker::config(&tansu.addr, state.path(), 2, 2);
-    let file = state.path().join("orderfold.toml");
-    broker::write_config(&config, &file);
+    let (_tansu, _state, config, file) = empty_broker();
     // The orders store's changelog exists already, with three partitions.
     let names = orderfold::kafka::TopicNames::from_config(&config);
     let changelog = names

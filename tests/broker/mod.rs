@@ -254,6 +254,20 @@ pub fn actual(config: &Config, allow_duplicates: bool) -> Outcome {
     }
 }
 
+/// The state and outputs found for `config` equal the driver's on `records` (outputs with
+/// byte-identical repeats dropped when `allow_duplicates`).
+pub fn assert_matches_driver(
+    records: &[Generated],
+    config: &Config,
+    order_p: u32,
+    sku_p: u32,
+    allow_duplicates: bool,
+) {
+    let want = expected(records, config, order_p, sku_p);
+    let got = actual(config, allow_duplicates);
+    assert_same(&got, &want);
+}
+
 /// Compares two outcomes part by part, so a failure says which part differs.
 pub fn assert_same(actual: &Outcome, expected: &Outcome) {
     for (topic, want) in &expected.outputs {
