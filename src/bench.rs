@@ -261,6 +261,7 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
                     })
                     .collect(),
                 meta: Vec::new(),
+                base: BTreeMap::new(),
             };
             let bytes = postcard::to_stdvec(&checkpoint)
                 .map_err(|e| ClientError::Io(format!("checkpoint: {e}")))?;

@@ -76,6 +76,10 @@ pub struct Checkpoint {
     pub ends: BTreeMap<String, i64>,
     /// The task's `meta` entries after the batch: its input offsets, stream time, accounting.
     pub meta: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Per store: where the task's state begins, the changelog's end when the application was
+    /// last reset (empty if never). Records before it belong to an earlier life of the
+    /// application and are never applied; local state from that life is cleared.
+    pub base: BTreeMap<String, i64>,
 }
 
 /// Where a task's local state stands in its changelogs.
@@ -85,6 +89,8 @@ pub struct Positions {
     pub ends: BTreeMap<String, i64>,
     /// The offset after the checkpoint record local state reflects.
     pub checkpoint: i64,
+    /// The base of the checkpoint local state reflects (see `Checkpoint::base`).
+    pub base: BTreeMap<String, i64>,
 }
 
 /// A changelog record's value: a put's bytes behind a marker byte (so an empty value stays
@@ -156,6 +162,10 @@ pub struct Restored {
     /// Each changelog's end offset now (the checkpoint changelog's included): where the
     /// task's writes continue.
     pub ends: BTreeMap<Store, i64>,
+    /// The base the task's checkpoints carry on.
+    pub base: BTreeMap<String, i64>,
+    /// Local state was from before a reset and was cleared.
+    pub cleared: bool,
 }
 
 /// Live restore counts for progress reports: records applied so far and still to apply.
@@ -190,7 +200,7 @@ pub fn restore(
     progress: &dyn RestoreProgress,
 ) -> Result<Restored, RestoreError> {
     let p = partition as i32;
-    let local = local_positions(db)?;
+    let mut local = local_positions(db)?;
     let consumer: BaseConsumer = kafka::client_config(config)
         .set(
             "group.id",
@@ -247,6 +257,18 @@ pub fn restore(
     })?;
     // Already reflected locally: the store records up to it need no applying.
     let target = last.filter(|(offset, _)| offset + 1 > local_checkpoint);
+    if let Some((_, checkpoint)) = &target {
+        restored.base = checkpoint.base.clone();
+        // The application was reset since local state was written: that state belongs to its
+        // earlier life. Clearing it is what the operator asked for.
+        if local.as_ref().is_some_and(|l| l.base != checkpoint.base) {
+            db.clear()?;
+            local = None;
+            restored.cleared = true;
+        }
+    } else if let Some(l) = &local {
+        restored.base = l.base.clone();
+    }
 
     let mut spans = Vec::new();
     for (store, topic) in &data_topics {
@@ -256,6 +278,7 @@ pub fn restore(
         let from = local
             .as_ref()
             .and_then(|l| l.ends.get(&name).copied())
+            .or_else(|| restored.base.get(&name).copied())
             .unwrap_or(low)
             .max(low);
         let apply_until = target
@@ -325,6 +348,7 @@ pub fn restore(
         let positions = Positions {
             ends: checkpoint.ends.clone(),
             checkpoint: offset + 1,
+            base: checkpoint.base.clone(),
         };
         stage_positions(db, &positions)?;
     }

@@ -19,8 +19,10 @@ use orderfold::event::{AlertKind, OversellAlert};
 use orderfold::generate::{generate, Generated, WorkloadSpec};
 use orderfold::inspect::LocalState;
 use orderfold::kafka::{self, EndOffsets, TopicNames};
+use orderfold::replay;
 use orderfold::runtime::{self, Mode, Progress, RunReport, Shutdown};
 use orderfold::simulate::{simulate, SimulateOptions};
+use orderfold::verify;
 use rdkafka::mocking::MockCluster;
 
 /// RocksDB and the fold allocate many small, short-lived buffers; mimalloc handles that
@@ -115,6 +117,22 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Replay the log from a start to the end offsets it has now, into fresh state under its
+    /// own application id (a bounded run, no wall-clock advance), optionally into prefixed
+    /// output topics; with --verify, compare the result with production's.
+    Replay(ReplayArgs),
+    /// Return an application id to the start: rewind its group offsets, delete its local state
+    /// and its internal topics (created again, empty). Refused while the group has members.
+    Reset {
+        #[arg(long, env = "ORDERFOLD_CONFIG")]
+        config: Option<PathBuf>,
+        /// `earliest`, or a record timestamp in epoch milliseconds.
+        #[arg(long, default_value = "earliest")]
+        to: String,
+        /// Print what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Measure end-to-end events/s on the configured broker against its raw ceiling (consume
     /// the inputs and produce the same bytes back), both in this run.
     Bench(BenchArgs),
@@ -128,6 +146,38 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The production config: brokers, input topics, rules. The replay derives its own.
+    #[arg(long, env = "ORDERFOLD_CONFIG")]
+    config: Option<PathBuf>,
+    /// `earliest`, or a record timestamp in epoch milliseconds.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Start offsets instead: JSON `{"topic": {"partition": offset}}`; partitions not named
+    /// start at their beginning.
+    #[arg(long, conflicts_with = "from")]
+    from_offsets: Option<PathBuf>,
+    /// Write the outputs to `<prefix><topic>` instead of the production output topics.
+    #[arg(long)]
+    output_prefix: Option<String>,
+    /// The replay's application id (its group, internal topics and state directory). Default:
+    /// `<production id>-replay-<unix seconds>`.
+    #[arg(long)]
+    application_id: Option<String>,
+    /// Where the replay's state goes (default: the config's state.dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// After the replay, compare its outputs per key with the production output topics and
+    /// its final state with --expected-state (or this machine's production state); print the
+    /// first difference and exit non-zero unless identical.
+    #[arg(long, requires = "output_prefix")]
+    verify: bool,
+    /// `inspect all` output of the production instances, for --verify.
+    #[arg(long, requires = "verify")]
+    expected_state: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -372,6 +422,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
         } => demo(orders, partitions, seed)?,
         Command::Bench(args) => bench(&args)?,
+        Command::Replay(args) => replay(&args)?,
+        Command::Reset {
+            config,
+            to,
+            dry_run,
+        } => {
+            let config = load_config(config.as_ref())?;
+            let plan = replay::plan_reset(&config, &replay::Start::parse(&to)?)?;
+            print!("{plan}");
+            if dry_run {
+                println!("dry run: nothing changed");
+            } else {
+                replay::apply_reset(&config, &plan)?;
+                println!("reset done");
+            }
+        }
     }
     Ok(())
 }
@@ -495,7 +561,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(&format!(
-            "{what:>12} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+            "{what:>12} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -569,19 +635,35 @@ fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
         .filter(|r| r.topic != topics::INVENTORY)
         .count() as u64;
 
+    let report = run_with_progress(&config, Mode::UntilEnd, None, order_stage_records)?;
+    summarize(&config, &report)
+}
+
+/// A bounded run on a worker thread, with a progress bar over the order stage's records (rate
+/// and ETA) and the SKU stage's count beside it.
+fn run_with_progress(
+    config: &Config,
+    mode: Mode,
+    start: Option<EndOffsets>,
+    order_total: u64,
+) -> anyhow::Result<RunReport> {
     let progress = Arc::new(Progress::default());
-    let report = std::thread::scope(|s| -> anyhow::Result<RunReport> {
+    std::thread::scope(|s| -> anyhow::Result<RunReport> {
         let worker = s.spawn(|| {
-            runtime::run(
-                &config,
-                Mode::UntilEnd,
-                Shutdown::default(),
-                progress.clone(),
-            )
+            runtime::run_from(config, mode, start, Shutdown::default(), progress.clone())
         });
-        let bar = bar(order_stage_records, "processing");
+        let bar = bar(order_total, "order stage");
         while !worker.is_finished() {
             bar.set_position(progress.order_records.load(Ordering::Relaxed));
+            let restoring = progress.restoring_tasks.load(Ordering::Relaxed);
+            bar.set_message(if restoring > 0 {
+                format!("restoring {restoring} task(s)")
+            } else {
+                format!(
+                    "SKU stage {} records",
+                    progress.sku_records.load(Ordering::Relaxed)
+                )
+            });
             std::thread::sleep(Duration::from_millis(100));
         }
         bar.finish_and_clear();
@@ -589,8 +671,74 @@ fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
             Ok(r) => Ok(r?),
             Err(_) => anyhow::bail!("the runtime thread panicked"),
         }
-    })?;
-    summarize(&config, &report)
+    })
+}
+
+fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let base = load_config(args.config.as_ref())?;
+    let config = replay::replay_config(
+        &base,
+        args.application_id.as_deref(),
+        args.output_prefix.as_deref(),
+        args.state_dir.as_deref(),
+    )?;
+    let start = match &args.from_offsets {
+        Some(file) => replay::Start::from_file(file)?,
+        None => replay::Start::parse(&args.from)?,
+    };
+    tokio_runtime()?
+        .block_on(kafka::create_topics(&config))
+        .context("creating the replay's topics")?;
+    let start_offsets = replay::start_offsets(&config, &start)?;
+    let ends = replay::end_offsets(&config)?;
+    let names = TopicNames::from_config(&config);
+    let order_total: i64 = names
+        .order_inputs()
+        .iter()
+        .flat_map(|t| ends.iter().filter(move |((topic, _), _)| topic == t))
+        .map(|(k, end)| end - start_offsets.get(k).copied().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "replay {} as {} ({:?} to the end offsets now), outputs to {}, {}, {}; state in {}",
+        base.kafka.application_id,
+        config.kafka.application_id,
+        start,
+        names.reservation_expiry,
+        names.tracking_status,
+        names.oversell_alerts,
+        config
+            .state
+            .dir
+            .join(&config.kafka.application_id)
+            .display()
+    );
+    let report = run_with_progress(
+        &config,
+        Mode::UntilOffsets(ends),
+        Some(start_offsets),
+        order_total.max(0) as u64,
+    )
+    .context("replay failed")?;
+    summarize(&config, &report)?;
+    if !args.verify {
+        return Ok(());
+    }
+    if let Some(d) = verify::compare_outputs(&base, &config)? {
+        anyhow::bail!("verify: outputs differ. First difference: {d}");
+    }
+    let expected = match &args.expected_state {
+        Some(file) => verify::state_dump(file)?,
+        None => verify::local_state(&base)?,
+    };
+    let actual = verify::local_state(&config)?;
+    if let Some(d) = verify::compare_state(&expected, &actual) {
+        anyhow::bail!("verify: final state differs. First difference: {d}");
+    }
+    println!(
+        "verify: identical: every key of the three output topics, and {} SKUs and orders",
+        actual.len()
+    );
+    Ok(())
 }
 
 fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {

@@ -109,6 +109,8 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 pub struct Progress {
     /// Order-stage input records processed (orders, payments, logistics).
     pub order_records: AtomicU64,
+    /// SKU-stage input records processed (inventory and SKU commands).
+    pub sku_records: AtomicU64,
     /// Tasks restoring from their changelogs now: the instance is not ready while any is.
     pub restoring_tasks: AtomicU64,
     /// Changelog records applied by restores in this process.
@@ -156,6 +158,8 @@ struct TaskChangelog {
     ends: BTreeMap<Store, i64>,
     /// Keys of a batch a crash cut short, rewritten with their values at the next commit.
     repair: BTreeSet<(Store, Vec<u8>)>,
+    /// Where the task's state begins in each changelog (since the last reset).
+    base: BTreeMap<String, i64>,
 }
 
 /// One record as taken from the consumer, owned so the consumer can be polled again.
@@ -194,6 +198,8 @@ struct Engine {
     sku: BTreeMap<u32, Slot<SkuTask, { sku_stage::INPUTS }>>,
     paused: BTreeSet<(String, i32)>,
     ends: Option<Ends>,
+    /// A replay's start offsets, for tasks that have processed nothing yet.
+    start_offsets: Option<kafka::EndOffsets>,
     wall_clock_advance: bool,
     last_commit: Instant,
     dirty: bool,
@@ -305,7 +311,13 @@ impl Engine {
                     p,
                 )?;
                 let topics = self.names.order_inputs().map(String::from);
-                let task = OrderTask::from_db(db, p, topics, self.codec.clone(), &self.config)?;
+                let mut task = OrderTask::from_db(db, p, topics, self.codec.clone(), &self.config)?;
+                if let Some(start) = &self.start_offsets {
+                    let at = self.names.order_inputs().map(|t| start_of(start, t, p));
+                    if at.iter().any(|o| *o > 0) && task.start_at(at) {
+                        tracing::info!(partition = p, offsets = ?at, "order task without state starts at the given offsets");
+                    }
+                }
                 let fetched = std::array::from_fn(|i| task.next_offset(i));
                 Ok(v.insert(Slot {
                     task,
@@ -333,7 +345,7 @@ impl Engine {
                     p,
                 )?;
                 let topics = self.names.sku_inputs().map(String::from);
-                let task = SkuTask::from_db(
+                let mut task = SkuTask::from_db(
                     db,
                     p,
                     topics,
@@ -341,6 +353,12 @@ impl Engine {
                     self.codec.clone(),
                     &self.config,
                 )?;
+                if let Some(start) = &self.start_offsets {
+                    let at = self.names.sku_inputs().map(|t| start_of(start, t, p));
+                    if at.iter().any(|o| *o > 0) && task.start_at(at) {
+                        tracing::info!(partition = p, offsets = ?at, "SKU task without state starts at the given offsets");
+                    }
+                }
                 let fetched = std::array::from_fn(|i| task.next_offset(i));
                 Ok(v.insert(Slot {
                     task,
@@ -582,11 +600,13 @@ impl Engine {
             total += n;
             order_records += n as u64;
         }
+        let mut sku_records = 0;
         for slot in self.sku.values_mut() {
             let budget = limit.saturating_sub(slot.processed_since_commit);
             let n = slot.task.run(budget, &mut out)?;
             slot.processed_since_commit += n;
             total += n;
+            sku_records += n as u64;
         }
         // One round's outputs, at most commit_records_max per task, go out together.
         self.produce(&mut out)?;
@@ -595,6 +615,9 @@ impl Engine {
             self.progress
                 .order_records
                 .fetch_add(order_records, Ordering::Relaxed);
+            self.progress
+                .sku_records
+                .fetch_add(sku_records, Ordering::Relaxed);
             self.report.processed_this_run += order_records;
         }
         self.producer.poll(Duration::ZERO);
@@ -956,6 +979,49 @@ fn transactional_id(config: &Config, state_root: &std::path::Path) -> Result<Str
     Ok(format!("{}-{id}", config.kafka.application_id))
 }
 
+/// The group's committed offsets of the inputs, if it has any.
+fn group_offsets(
+    config: &Config,
+    names: &TopicNames,
+) -> Result<Option<kafka::EndOffsets>, RuntimeError> {
+    let consumer: BaseConsumer = kafka::client_config(config)
+        .set("group.id", &config.kafka.application_id)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let counts = kafka::partition_counts(config, &names.inputs())?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, n) in &counts {
+        for p in 0..*n as i32 {
+            tpl.add_partition(topic, p);
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, kafka::REQUEST_TIMEOUT)?;
+    let found: kafka::EndOffsets = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o > 0 => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect();
+    if !found.is_empty() {
+        tracing::info!(
+            partitions = found.len(),
+            ?found,
+            "tasks without state start at the group's committed offsets"
+        );
+    }
+    Ok((!found.is_empty()).then_some(found))
+}
+
+/// A partition's start in `start` (0 where it names none).
+fn start_of(start: &kafka::EndOffsets, topic: &str, p: u32) -> i64 {
+    start
+        .get(&(topic.to_string(), p as i32))
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Opens a task's RocksDB and, with changelogs on, restores what it is missing before the task
 /// sees a record. The instance reports not ready meanwhile.
 fn open_db(
@@ -1014,6 +1080,7 @@ fn open_db(
         partition = p,
         applied = restored.applied,
         unfinished_tail = restored.tail,
+        cleared_for_reset = restored.cleared,
         ms = elapsed.as_millis() as u64,
         "task restored"
     );
@@ -1022,6 +1089,7 @@ fn open_db(
         Some(TaskChangelog {
             ends: restored.ends,
             repair: restored.repair,
+            base: restored.base,
         }),
     ))
 }
@@ -1113,6 +1181,7 @@ fn send_checkpoint(
     let checkpoint = Checkpoint {
         ends,
         meta: changelog::meta_entries(db),
+        base: cl.base.clone(),
     };
     let value = postcard::to_stdvec(&checkpoint).map_err(StateError::Encode)?;
     let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(names.changelog(stage, Store::Meta));
@@ -1146,6 +1215,7 @@ fn stage_positions(
             .map(|(s, e)| (stage.store_name(*s), *e))
             .collect(),
         checkpoint: end,
+        base: cl.base.clone(),
     };
     Ok(changelog::stage_positions(db, &positions)?)
 }
@@ -1191,6 +1261,7 @@ fn capture_ends(
     names: &TopicNames,
     codec: &Codec,
     known: Option<&kafka::EndOffsets>,
+    start: Option<&kafka::EndOffsets>,
 ) -> Result<Ends, RuntimeError> {
     let consumer: BaseConsumer = kafka::client_config(config).create()?;
     let mut offsets = BTreeMap::new();
@@ -1215,7 +1286,8 @@ fn capture_ends(
     for r in kafka::read_until(config, &names.inventory, Some(&offsets))? {
         let within = offsets
             .get(&(names.inventory.clone(), r.partition))
-            .is_some_and(|end| r.offset < *end);
+            .is_some_and(|end| r.offset < *end)
+            && start.is_none_or(|s| r.offset >= start_of(s, &names.inventory, r.partition as u32));
         if !within {
             continue;
         }
@@ -1251,6 +1323,21 @@ pub fn run(
     shutdown: Shutdown,
     progress: Arc<Progress>,
 ) -> Result<RunReport, RuntimeError> {
+    run_from(config, mode, None, shutdown, progress)
+}
+
+/// `run`, with tasks that have processed nothing (no local state, no checkpoint in their
+/// changelog) starting their inputs at `start` (a replay from a timestamp or an offsets file;
+/// partitions it does not name start at 0). Without `start`, such tasks start at the group's
+/// committed offsets where there are any (after `orderfold reset`, or another tool's), else at
+/// the beginning.
+pub fn run_from(
+    config: &Config,
+    mode: Mode,
+    start: Option<kafka::EndOffsets>,
+    shutdown: Shutdown,
+    progress: Arc<Progress>,
+) -> Result<RunReport, RuntimeError> {
     let started = Instant::now();
     let names = TopicNames::from_config(config);
     let layout = kafka::check_layout(config)?;
@@ -1258,9 +1345,19 @@ pub fn run(
     all.extend(names.outputs());
     let partitions = kafka::partition_counts(config, &all)?;
     let codec = Codec::new()?;
+    let start = match start {
+        Some(s) => Some(s),
+        None => group_offsets(config, &names)?,
+    };
     let ends = match &mode {
-        Mode::UntilEnd => Some(capture_ends(config, &names, &codec, None)?),
-        Mode::UntilOffsets(known) => Some(capture_ends(config, &names, &codec, Some(known))?),
+        Mode::UntilEnd => Some(capture_ends(config, &names, &codec, None, start.as_ref())?),
+        Mode::UntilOffsets(known) => Some(capture_ends(
+            config,
+            &names,
+            &codec,
+            Some(known),
+            start.as_ref(),
+        )?),
         Mode::Live => None,
     };
     let state_root = config.state.dir.join(&config.kafka.application_id);
@@ -1294,6 +1391,7 @@ pub fn run(
         paused: BTreeSet::new(),
         wall_clock_advance: mode == Mode::Live && config.runtime.wall_clock_advance,
         ends,
+        start_offsets: start,
         last_commit: Instant::now(),
         dirty: false,
         progress,

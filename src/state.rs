@@ -420,6 +420,26 @@ impl TaskDb {
         self.commit()
     }
 
+    /// Deletes every committed entry of every store, in WriteBatches of 10,000: for state
+    /// an application reset has made obsolete, never after a crash.
+    pub fn clear(&mut self) -> Result<(), StateError> {
+        const BATCH_MAX: usize = 10_000;
+        self.discard();
+        for store in self.stores.clone() {
+            loop {
+                let batch = self.committed_after(store, None, BATCH_MAX)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for (k, _) in batch {
+                    self.delete(store, k)?;
+                }
+                self.commit()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets uncommitted writes, as a crash would.
     pub fn discard(&mut self) {
         for overlay in self.overlay.values_mut() {

@@ -242,6 +242,16 @@ impl OrderTask {
         self.meta.next_offsets[rank]
     }
 
+    /// Sets where a task that has processed nothing starts its inputs (a replay from a
+    /// timestamp or an offsets file). False, and nothing changes, once it has processed.
+    pub fn start_at(&mut self, offsets: [i64; INPUTS]) -> bool {
+        if self.meta.next_offsets.iter().any(|o| *o != 0) || self.meta.stream_time != Millis::MIN {
+            return false;
+        }
+        self.meta.next_offsets = offsets;
+        true
+    }
+
     pub fn buffered(&self, rank: usize) -> usize {
         self.buffers[rank].len()
     }

@@ -239,6 +239,16 @@ impl SkuTask {
         self.meta.next_offsets[input]
     }
 
+    /// Sets where a task that has processed nothing starts its inputs (a replay from a
+    /// timestamp or an offsets file). False, and nothing changes, once it has processed.
+    pub fn start_at(&mut self, offsets: [i64; INPUTS]) -> bool {
+        if self.meta.next_offsets.iter().any(|o| *o != 0) {
+            return false;
+        }
+        self.meta.next_offsets = offsets;
+        true
+    }
+
     pub fn buffered(&self, input: usize) -> usize {
         if input == INVENTORY {
             self.inventory.len()
