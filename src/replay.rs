@@ -145,11 +145,14 @@ pub fn replay_config(
     Ok(config)
 }
 
-/// Every partition of the external inputs with its (low, high) watermarks.
+/// A partition's (low, high) watermarks.
+type Watermarks = (i64, i64);
+
+/// Every partition of the external inputs with its watermarks.
 fn input_partitions(
     config: &Config,
     consumer: &BaseConsumer,
-) -> Result<BTreeMap<(String, i32), (i64, i64)>, ReplayError> {
+) -> Result<BTreeMap<(String, i32), Watermarks>, ReplayError> {
     let names = TopicNames::from_config(config);
     let counts = kafka::partition_counts(config, &names.external_inputs())?;
     let mut out = BTreeMap::new();
