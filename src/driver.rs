@@ -313,8 +313,9 @@ impl Driver {
         }
         let sku_inputs = [topics::INVENTORY, topics::SKU_COMMANDS];
         for p in 0..self.sku_tasks.len() {
+            let mut caught_up = [false; sku_stage::INPUTS];
             for (input, topic) in sku_inputs.iter().enumerate() {
-                feed(
+                caught_up[input] = feed(
                     &self.logs[*topic][p],
                     &mut self.sku_fetch[p][input],
                     &mut self.sku_tasks[p],
@@ -323,7 +324,7 @@ impl Driver {
             }
             let mut out = Vec::new();
             let task = &mut self.sku_tasks[p];
-            progressed |= task.run(batch_records, &mut out)? > 0;
+            progressed |= task.run(caught_up[sku_stage::INVENTORY], batch_records, &mut out)? > 0;
             task.prepare_commit()?;
             self.deliver(out);
             if commit {

@@ -550,6 +550,24 @@ impl Engine {
         end.is_some_and(|end| next >= end)
     }
 
+    /// True when SKU task `p` has no inventory buffered and nothing more to read as far as
+    /// anyone knows (the same rule as `caught_up`).
+    fn inventory_caught_up(&self, consumer: &BaseConsumer<GroupContext>, p: u32) -> bool {
+        let Some(slot) = self.sku.get(&p) else {
+            return false;
+        };
+        if slot.task.buffered(sku_stage::INVENTORY) > 0 {
+            return false;
+        }
+        let topic = &self.names.inventory;
+        let next = slot.task.next_offset(sku_stage::INVENTORY);
+        let end = match &self.ends {
+            Some(ends) => ends.offsets.get(&(topic.to_string(), p as i32)).copied(),
+            None => self.live_end(consumer, topic, p as i32, next),
+        };
+        end.is_some_and(|end| next >= end)
+    }
+
     /// Live mode: the partition's end offset as the broker answers a ListOffsets request,
     /// asked again only once the task has reached the last answer and that answer is older than
     /// `END_OFFSET_REFRESH`. Not the high watermark of fetch responses: a broker may report one
@@ -601,9 +619,14 @@ impl Engine {
             order_records += n as u64;
         }
         let mut sku_records = 0;
-        for slot in self.sku.values_mut() {
+        let sku_ids: Vec<u32> = self.sku.keys().copied().collect();
+        for p in sku_ids {
+            let inventory_caught_up = self.inventory_caught_up(consumer, p);
+            let Some(slot) = self.sku.get_mut(&p) else {
+                continue;
+            };
             let budget = limit.saturating_sub(slot.processed_since_commit);
-            let n = slot.task.run(budget, &mut out)?;
+            let n = slot.task.run(inventory_caught_up, budget, &mut out)?;
             slot.processed_since_commit += n;
             total += n;
             sku_records += n as u64;

@@ -5,254 +5,12 @@
 
 mod broker;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use std::sync::mpsc::Receiver;
-
-use orderfold::config::Config;
+use broker::process::*;
 use orderfold::state::Stage;
 use rand::{Rng, SeedableRng};
-
-/// A tansu broker in its own directory, stopped by its PID when dropped.
-struct Tansu {
-    dir: tempfile::TempDir,
-    addr: String,
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-impl Tansu {
-    fn start() -> Tansu {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(repo().join("scripts/tansu"))
-            .arg("start")
-            .arg(dir.path())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/tansu");
-        assert!(
-            out.status.success(),
-            "scripts/tansu start failed (run scripts/tansu install first)"
-        );
-        let addr = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Tansu { dir, addr }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/tansu"))
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn orderfold(config_file: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_orderfold"));
-    c.env("ORDERFOLD_CONFIG", config_file)
-        .env("RUST_LOG", "orderfold=info");
-    c
-}
-
-fn check(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A broker with nothing on it, and a config file with two partitions per stage.
-fn empty_broker() -> (Tansu, tempfile::TempDir, Config, PathBuf) {
-    let tansu = Tansu::start();
-    let state = tempfile::tempdir().unwrap();
-    let config = broker::config(&tansu.addr, state.path(), 2, 2);
-    let file = state.path().join("orderfold.toml");
-    broker::write_config(&config, &file);
-    (tansu, state, config, file)
-}
-
-/// A broker with the topics created and a workload produced, both by the binary's commands.
-struct Setup {
-    tansu: Tansu,
-    state: tempfile::TempDir,
-    config: Config,
-    config_file: PathBuf,
-    records: Vec<orderfold::generate::Generated>,
-}
-
-const ORDER_PARTITIONS: u32 = 3;
-const SKU_PARTITIONS: u32 = 2;
-
-fn setup(seed: u64, orders: usize) -> Setup {
-    let tansu = Tansu::start();
-    let state = tempfile::tempdir().unwrap();
-    let config = broker::config(&tansu.addr, state.path(), ORDER_PARTITIONS, SKU_PARTITIONS);
-    let config_file = state.path().join("orderfold.toml");
-    broker::write_config(&config, &config_file);
-    check(
-        orderfold(&config_file)
-            .args(["topics", "create"])
-            .output()
-            .unwrap(),
-        "topics create",
-    );
-    let (spec, records) = broker::workload(seed, orders);
-    check(
-        orderfold(&config_file)
-            .args(["generate", "--kafka"])
-            .args(["--seed", &spec.seed.to_string()])
-            .args(["--orders", &spec.orders.to_string()])
-            .args(["--skus", &spec.skus.to_string()])
-            .output()
-            .unwrap(),
-        "generate --kafka",
-    );
-    Setup {
-        tansu,
-        state,
-        config,
-        config_file,
-        records,
-    }
-}
-
-/// The `processed_this_run` of a run's JSON report on its last stdout line.
-fn processed(stdout: &[u8]) -> u64 {
-    report(stdout)["processed_this_run"].as_u64().unwrap()
-}
-
-/// Waits for a child to exit, up to `limit`; kills it and fails past that.
-fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("orderfold did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Starts `run` and returns once it has committed processed records (its JSON log says so),
-/// so a signal sent after this lands while it is processing, not while it starts.
-fn spawn_run(config_file: &Path, args: &[&str]) -> (Child, Receiver<String>) {
-    spawn_run_with(config_file, args, &[], 1)
-}
-
-/// `spawn_run` with extra environment and a least number of records processed (by this
-/// process) before it returns.
-fn spawn_run_with(
-    config_file: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    min_processed: u64,
-) -> (Child, Receiver<String>) {
-    let mut child = orderfold(config_file)
-        .env("RUST_LOG", "orderfold=debug")
-        .env("ORDERFOLD_LOG_FORMAT", "json")
-        .envs(env.iter().copied())
-        .arg("run")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    if let Err(why) = wait_committed(&rx, min_processed, Duration::from_secs(120)) {
-        let _ = child.kill();
-        panic!("{why}");
-    }
-    (child, rx)
-}
-
-/// Waits until a run's JSON log reports a commit with at least `min_processed` records
-/// processed by that process.
-fn wait_committed(
-    log: &Receiver<String>,
-    min_processed: u64,
-    limit: Duration,
-) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = log.recv_timeout(left) else {
-            return Err(format!(
-                "orderfold did not commit {min_processed} processed records within {limit:?}"
-            ));
-        };
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let fields = &entry["fields"];
-        if fields["message"] == "committed"
-            && fields["processed"].as_u64().unwrap_or(0) >= min_processed.max(1)
-        {
-            return Ok(());
-        }
-    }
-}
-
-/// A run's JSON report, from the last line of its stdout.
-fn report(stdout: &[u8]) -> serde_json::Value {
-    let text = String::from_utf8_lossy(stdout);
-    let line = text.lines().last().expect("a report line");
-    serde_json::from_str(line).expect("a JSON report")
-}
-
-/// SIGTERM, then the exit status, within the shutdown timeout and some slack.
-fn terminate(child: &mut Child, config: &Config) -> ExitStatus {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let timeout = Duration::from_millis(config.runtime.shutdown_timeout_ms);
-    wait_exit(child, timeout + Duration::from_secs(5))
-}
-
-/// The number of records in every changelog topic of the application now.
-fn changelog_records(config: &Config) -> i64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = orderfold::kafka::client_config(config).create().unwrap();
-    let names = orderfold::kafka::TopicNames::from_config(config);
-    let mut total = 0;
-    for stage in [Stage::Order, Stage::Sku] {
-        let partitions = match stage {
-            Stage::Order => ORDER_PARTITIONS,
-            Stage::Sku => SKU_PARTITIONS,
-        };
-        for (_, topic) in names.changelogs(stage) {
-            for p in 0..partitions as i32 {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .unwrap();
-                total += high - low;
-            }
-        }
-    }
-    total
-}
 
 #[test]
 fn a_process_run_on_tansu_equals_the_broker_free_driver() {
@@ -399,7 +157,7 @@ const FAST_GROUP: [(&str, &str); 2] = [
 ];
 
 #[test]
-fn scaling_out_to_three_instances_and_back_in_under_load_equals_the_driver() {
+fn scaling_out_and_in_with_a_crash_under_load_equals_the_driver_and_a_replay_verifies_it() {
     let s = setup(57, 30_000);
     let total = broker::order_stage_records(&s.records);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -424,7 +182,11 @@ fn scaling_out_to_three_instances_and_back_in_under_load_equals_the_driver() {
     let (mut b, _b_log) = start(1, 1);
     let (mut c, _c_log) = start(2, 1);
     assert!(a.try_wait().unwrap().is_none() && b.try_wait().unwrap().is_none());
-    // Back in: one leaves cleanly, one dies. The first takes their partitions over.
+    // A crash and a restart on the same disk, then back in: one leaves cleanly, the restarted
+    // one dies. The first takes their partitions over.
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let (mut c, _c_log) = start(2, 1);
     let status = terminate(&mut b, &s.config);
     assert!(status.success(), "SIGTERM exit status {status:?}");
     c.kill().unwrap();
@@ -453,6 +215,20 @@ fn scaling_out_to_three_instances_and_back_in_under_load_equals_the_driver() {
     let mut config = s.config.clone();
     config.state.dir = dirs[0].path().to_path_buf();
     broker::assert_matches_driver(&s.records, &config, ORDER_PARTITIONS, SKU_PARTITIONS, true);
+
+    // A replay of the whole log reproduces what all that produced: every key's outputs and
+    // the final state the first instance's disk now holds.
+    let out = orderfold(&s.config_file)
+        .env("ORDERFOLD_STATE_DIR", dirs[0].path())
+        .args(["replay", "--output-prefix", "audit.", "--verify"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the replay differs from the live run:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verify: identical"));
 }
 
 #[test]

@@ -276,10 +276,14 @@ impl SkuTask {
     }
 
     /// Reads the command partition into the pending set, then applies inventory records and
-    /// pending commands in SKU-stage order while they are ready. Returns records consumed or
-    /// applied (at most `max_records`).
+    /// pending commands in SKU-stage order while they are ready. `inventory_caught_up` says the
+    /// inventory partition has nothing beyond what is buffered as far as anyone knows: with
+    /// its buffer empty and more to read, the next inventory record's time is unknown and a
+    /// command that might have to follow it waits, so results never depend on how far the
+    /// consumer happened to fetch. Returns records consumed or applied (at most `max_records`).
     pub fn run(
         &mut self,
+        inventory_caught_up: bool,
         max_records: usize,
         out: &mut Vec<OutRecord>,
     ) -> Result<usize, TaskError> {
@@ -301,6 +305,9 @@ impl SkuTask {
                     done += 1;
                 }
                 continue;
+            }
+            if self.inventory.is_empty() && !inventory_caught_up {
+                break;
             }
             let inventory_at = self
                 .inventory

@@ -3,6 +3,8 @@
 //! result read back from the broker's topics and the task state.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
