@@ -170,25 +170,114 @@ fn read_to_ends(
     Ok(read)
 }
 
-/// orderfold itself: a bounded run to the given end offsets on fresh state.
+/// orderfold itself: a bounded run to the given end offsets on fresh state (what a replay
+/// from earliest of a fully written log is).
 pub fn orderfold(config: &Config, ends: &EndOffsets) -> Result<Measured, BenchError> {
-    let cpu = cpu_seconds();
-    let report = runtime::run(
-        config,
-        Mode::UntilOffsets(ends.clone()),
-        Shutdown::default(),
-        Arc::new(Progress::default()),
-    )?;
+    Ok(timed(config, Mode::UntilOffsets(ends.clone()), ends)?.whole)
+}
+
+/// orderfold as the live service on fresh state: one group member, timed from its start until
+/// it has processed every order-stage record of the log, then stopped.
+pub fn live(config: &Config, ends: &EndOffsets) -> Result<Measured, BenchError> {
+    Ok(timed(config, Mode::Live, ends)?.order_stage)
+}
+
+/// A run measured two ways.
+struct Timed {
+    /// Until the run returned (a bounded run: everything applied and committed).
+    whole: Measured,
+    /// Until every order-stage record was processed (a live run is stopped there).
+    order_stage: Measured,
+}
+
+/// Runs `mode` on a worker thread, watching its progress.
+fn timed(config: &Config, mode: Mode, ends: &EndOffsets) -> Result<Timed, BenchError> {
     let names = TopicNames::from_config(config);
-    let events = names
-        .external_inputs()
-        .iter()
-        .filter_map(|t| report.accounting.get(*t))
-        .map(|a| a.consumed)
-        .sum();
-    Ok(Measured {
+    let sum = |topics: &[&str]| -> u64 {
+        ends.iter()
+            .filter(|((t, _), _)| topics.contains(&t.as_str()))
+            .map(|(_, e)| (*e).max(0) as u64)
+            .sum()
+    };
+    let order_total = sum(&names.order_inputs());
+    let events = sum(&names.external_inputs());
+    let live = mode == Mode::Live;
+    let progress = Arc::new(Progress::default());
+    let shutdown = Shutdown::default();
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let (report, order_stage) = std::thread::scope(|s| {
+        let worker = s.spawn(|| runtime::run(config, mode, shutdown.clone(), progress.clone()));
+        let mut order_stage = None;
+        while !worker.is_finished() {
+            if order_stage.is_none()
+                && progress
+                    .order_records
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= order_total
+            {
+                order_stage = Some((started.elapsed(), cpu_seconds() - cpu));
+                if live {
+                    shutdown.request();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let report = worker
+            .join()
+            .map_err(|_| ClientError::Io("the runtime thread panicked".into()));
+        (report, order_stage)
+    });
+    let report = report??;
+    let whole = Measured {
         events,
         seconds: report.elapsed.as_secs_f64(),
+        cpu_seconds: cpu_seconds() - cpu,
+    };
+    let (seconds, cpu_seconds) = order_stage
+        .map(|(d, c)| (d.as_secs_f64(), c))
+        .unwrap_or((whole.seconds, whole.cpu_seconds));
+    Ok(Timed {
+        order_stage: Measured {
+            events,
+            seconds,
+            cpu_seconds,
+        },
+        whole,
+    })
+}
+
+/// The raw consume ceiling: every input record read to the end offsets, nothing done with it.
+pub fn consume(
+    config: &Config,
+    ends: &EndOffsets,
+    limit: Duration,
+) -> Result<Measured, BenchError> {
+    let names = TopicNames::from_config(config);
+    let inputs = names.external_inputs();
+    let consumer: BaseConsumer = kafka::client_config(config)
+        .set(
+            "group.id",
+            format!("{}.consume", config.kafka.application_id),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let remaining: BTreeMap<(String, i32), i64> = ends
+        .iter()
+        .filter(|((t, _), end)| inputs.contains(&t.as_str()) && **end > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in remaining.keys() {
+        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
+    }
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    consumer.assign(&tpl)?;
+    let events = read_to_ends(&consumer, remaining, started, limit, |_| Ok(()))?;
+    Ok(Measured {
+        events,
+        seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - cpu,
     })
 }

@@ -205,6 +205,10 @@ enum BenchPhase {
     Orderfold,
     /// Ceiling then orderfold on one broker.
     Both,
+    /// The raw consume ceiling: read the inputs, do nothing with them.
+    Consume,
+    /// orderfold as the live service (a group member) until it has processed the log.
+    Live,
     /// Restore speed and time-to-ready after a crash, on changelogs of `--keys` keys.
     Restore,
 }
@@ -498,6 +502,22 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let ends = publish(&config, &records, None, true)?;
     let limit = Duration::from_secs(3_600);
     let mut result = serde_json::json!({ "events": records.len() });
+    if args.phase == BenchPhase::Consume || args.phase == BenchPhase::Live {
+        let (name, m) = if args.phase == BenchPhase::Consume {
+            ("consume", orderfold::bench::consume(&config, &ends, limit)?)
+        } else {
+            ("live", orderfold::bench::live(&config, &ends)?)
+        };
+        eprintln!(
+            "{name:<9} {:>9.0} events/s  {:.1} CPU-s per million",
+            m.events_per_sec(),
+            m.cpu_seconds_per_million()
+        );
+        result[format!("{name}_events_per_sec")] = m.events_per_sec().into();
+        result[name] = serde_json::to_value(&m)?;
+        println!("{result}");
+        return Ok(());
+    }
     if args.phase != BenchPhase::Orderfold {
         let ceiling = orderfold::bench::ceiling(&config, &ends, limit)?;
         eprintln!(
