@@ -84,29 +84,11 @@ pub fn ceiling(
         .map_err(|e| ClientError::Io(e.to_string()))?
         .block_on(kafka::create_missing(config, &wanted))?;
 
-    let consumer: BaseConsumer = kafka::client_config(config)
-        .set(
-            "group.id",
-            format!("{}.ceiling", config.kafka.application_id),
-        )
-        .set("enable.auto.commit", "false")
-        .create()?;
     let producer: BaseProducer<Acks> =
         kafka::producer_config(config).create_with_context(Acks::default())?;
-    let remaining: BTreeMap<(String, i32), i64> = ends
-        .iter()
-        .filter(|((t, _), end)| copies.contains_key(t.as_str()) && **end > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    let events: i64 = remaining.values().sum();
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in remaining.keys() {
-        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
-    }
     let cpu = cpu_seconds();
     let started = Instant::now();
-    consumer.assign(&tpl)?;
-    read_to_ends(&consumer, remaining, started, limit, |m| {
+    let read = read_from_beginning(config, "ceiling", ends, &inputs, limit, |m| {
         let Some(copy) = copies.get(m.topic()) else {
             return Ok(());
         };
@@ -133,10 +115,41 @@ pub fn ceiling(
     producer.flush(limit)?;
     producer.context().take_failures()?;
     Ok(Measured {
-        events: events as u64,
+        events: read,
         seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - cpu,
     })
+}
+
+/// Reads, with a consumer of its own, every partition of `topics` in `ends` from its beginning
+/// to its end offset, handing each record to `f`; returns how many were read.
+fn read_from_beginning(
+    config: &Config,
+    purpose: &str,
+    ends: &EndOffsets,
+    topics: &[&str],
+    limit: Duration,
+    f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), BenchError>,
+) -> Result<u64, BenchError> {
+    let consumer: BaseConsumer = kafka::client_config(config)
+        .set(
+            "group.id",
+            format!("{}.{purpose}", config.kafka.application_id),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let remaining: BTreeMap<(String, i32), i64> = ends
+        .iter()
+        .filter(|((t, _), end)| topics.contains(&t.as_str()) && **end > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in remaining.keys() {
+        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
+    }
+    let started = Instant::now();
+    consumer.assign(&tpl)?;
+    read_to_ends(&consumer, remaining, started, limit, f)
 }
 
 /// Polls the assigned partitions until each has delivered the record before its end offset in
@@ -254,27 +267,16 @@ pub fn consume(
     limit: Duration,
 ) -> Result<Measured, BenchError> {
     let names = TopicNames::from_config(config);
-    let inputs = names.external_inputs();
-    let consumer: BaseConsumer = kafka::client_config(config)
-        .set(
-            "group.id",
-            format!("{}.consume", config.kafka.application_id),
-        )
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let remaining: BTreeMap<(String, i32), i64> = ends
-        .iter()
-        .filter(|((t, _), end)| inputs.contains(&t.as_str()) && **end > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in remaining.keys() {
-        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
-    }
     let cpu = cpu_seconds();
     let started = Instant::now();
-    consumer.assign(&tpl)?;
-    let events = read_to_ends(&consumer, remaining, started, limit, |_| Ok(()))?;
+    let events = read_from_beginning(
+        config,
+        "consume",
+        ends,
+        &names.external_inputs(),
+        limit,
+        |_| Ok(()),
+    )?;
     Ok(Measured {
         events,
         seconds: started.elapsed().as_secs_f64(),
@@ -366,26 +368,14 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
     producer.context().take_failures()?;
 
     // The ceiling: every record of those changelogs, read and dropped.
-    let consumer: BaseConsumer = kafka::client_config(config)
-        .set("group.id", format!("{}.bench", config.kafka.application_id))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let remaining: BTreeMap<(String, i32), i64> = ends
-        .iter()
-        .filter(|(_, e)| **e > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in remaining.keys() {
-        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
-    }
+    let topics: Vec<&str> = ends.keys().map(|(t, _)| t.as_str()).collect();
     let cpu = cpu_seconds();
     let started = Instant::now();
-    consumer.assign(&tpl)?;
-    let read = read_to_ends(
-        &consumer,
-        remaining,
-        started,
+    let read = read_from_beginning(
+        config,
+        "bench",
+        &ends,
+        &topics,
         Duration::from_secs(600),
         |_| Ok(()),
     )?;
@@ -394,7 +384,6 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
         seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - cpu,
     };
-    drop(consumer);
 
     let dir = tempfile::tempdir().map_err(|e| ClientError::Io(e.to_string()))?;
     let open_all = || -> Result<(u64, u64), BenchError> {

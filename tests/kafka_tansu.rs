@@ -5,7 +5,6 @@
 
 mod broker;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use broker::process::*;
@@ -91,15 +90,9 @@ fn sigterm_commits_and_exits_in_time_and_nothing_is_processed_twice() {
     // Live mode, as the service runs; no wall-clock advance, so results depend on input alone.
     let (mut child, _log) = spawn_run(&s.config_file, &[]);
     let started = Instant::now();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let timeout = Duration::from_millis(s.config.runtime.shutdown_timeout_ms);
-    let status = wait_exit(&mut child, timeout + Duration::from_secs(5));
+    let status = terminate(&mut child, &s.config);
     assert!(status.success(), "SIGTERM exit status {status:?}");
+    let timeout = Duration::from_millis(s.config.runtime.shutdown_timeout_ms);
     assert!(started.elapsed() < timeout);
     let mut stdout = Vec::new();
     std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
