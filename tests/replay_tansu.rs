@@ -142,3 +142,60 @@ fn reset_is_refused_while_an_instance_runs() {
     let status = terminate(&mut live, &s.config);
     assert!(status.success());
 }
+
+/// The `events` line of a replay's summary.
+fn events(out: &Output) -> u64 {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("events"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a summary with an events line")
+}
+
+#[test]
+fn a_replay_starts_at_a_timestamp_or_at_the_offsets_of_a_file() {
+    let s = setup(89, 1_000);
+    let first_batch = s.records.len() as u64;
+    // Records produced from now on have later Kafka timestamps than everything before: the
+    // millisecond clock has moved on since the first batch's last record.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let more = check(
+        orderfold(&s.config_file)
+            .args(["generate", "--kafka", "--seed", "90", "--orders", "300"])
+            .output()
+            .unwrap(),
+        "generate a second batch",
+    );
+    let produced: u64 = String::from_utf8_lossy(&more.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("generate reports the records it produced");
+
+    let out = check(
+        orderfold(&s.config_file)
+            .args(["replay", "--from", &now_ms, "--output-prefix", "ts."])
+            .output()
+            .unwrap(),
+        "replay --from a timestamp",
+    );
+    assert_eq!(events(&out), produced);
+
+    let file = s.state.path().join("offsets.json");
+    let orders = &s.config.topics.orders;
+    std::fs::write(&file, format!(r#"{{"{orders}": {{"0": 5, "1": 7}}}}"#)).unwrap();
+    let out = check(
+        orderfold(&s.config_file)
+            .args(["replay", "--from-offsets", file.to_str().unwrap()])
+            .args(["--output-prefix", "of."])
+            .output()
+            .unwrap(),
+        "replay --from-offsets",
+    );
+    assert_eq!(events(&out), first_batch + produced - 12);
+}
