@@ -151,8 +151,13 @@ const FAST_GROUP: [(&str, &str); 2] = [
 
 #[test]
 fn scaling_out_and_in_with_a_crash_under_load_equals_the_driver_and_a_replay_verifies_it() {
-    let s = setup(57, 30_000);
+    // The input arrives while the instances come and go: about 146,000 records at 3,000/s.
+    let s = setup_empty(57, 30_000);
     let total = broker::order_stage_records(&s.records);
+    let mut upstream = generate(&s, Some(3_000))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let dir_of = |i: usize| dirs[i].path().to_str().unwrap().to_string();
     let env = |i: usize| -> Vec<(&str, String)> {
@@ -164,26 +169,33 @@ fn scaling_out_and_in_with_a_crash_under_load_equals_the_driver_and_a_replay_ver
         e.push(("ORDERFOLD_RUNTIME_COMMIT_INTERVAL_MS", "300".into()));
         e
     };
-    let start = |i: usize, min: u64| {
+    // Each instance is waited for until the group has given it order-stage tasks.
+    let start = |i: usize| {
         let e = env(i);
         let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        spawn_run_with(&s.config_file, &[], &e, min)
+        let (mut child, log) = spawn_run_logged(&s.config_file, &[], &e);
+        if let Err(why) = wait_assigned(&log, Duration::from_secs(120)) {
+            let _ = child.kill();
+            panic!("instance {i}: {why}");
+        }
+        (child, log)
     };
-    // One instance, then a second and a third while the first is busy; each is waited for
-    // until it has committed work of its own, so each really took partitions.
-    let (mut a, _a_log) = start(0, 1);
-    let (mut b, _b_log) = start(1, 1);
-    let (mut c, _c_log) = start(2, 1);
+    // One instance, then a second and a third.
+    let (mut a, _a_log) = start(0);
+    let (mut b, _b_log) = start(1);
+    let (mut c, _c_log) = start(2);
     assert!(a.try_wait().unwrap().is_none() && b.try_wait().unwrap().is_none());
     // A crash and a restart on the same disk, then back in: one leaves cleanly, the restarted
     // one dies. The first takes their partitions over.
     c.kill().unwrap();
     c.wait().unwrap();
-    let (mut c, _c_log) = start(2, 1);
+    let (mut c, _c_log) = start(2);
     let status = terminate(&mut b, &s.config);
     assert!(status.success(), "SIGTERM exit status {status:?}");
     c.kill().unwrap();
     c.wait().unwrap();
+    let status = wait_exit(&mut upstream, Duration::from_secs(300));
+    assert!(status.success(), "the upstream producer failed: {status:?}");
     let status = terminate(&mut a, &s.config);
     assert!(status.success(), "SIGTERM exit status {status:?}");
     let mut stdout = Vec::new();

@@ -64,13 +64,17 @@ pub fn write_config(config: &Config, path: &Path) {
     std::fs::write(path, toml::to_string(config).unwrap()).unwrap();
 }
 
-pub fn workload(seed: u64, orders: usize) -> (WorkloadSpec, Vec<Generated>) {
-    let spec = WorkloadSpec {
+pub fn workload_spec(seed: u64, orders: usize) -> WorkloadSpec {
+    WorkloadSpec {
         seed,
         orders,
         skus: 200,
         ..WorkloadSpec::default()
-    };
+    }
+}
+
+pub fn workload(seed: u64, orders: usize) -> (WorkloadSpec, Vec<Generated>) {
+    let spec = workload_spec(seed, orders);
     let records = generate(&spec);
     (spec, records)
 }

@@ -82,12 +82,35 @@ pub struct Setup {
     pub config: Config,
     pub config_file: PathBuf,
     pub records: Vec<orderfold::generate::Generated>,
+    pub seed: u64,
+    pub orders: usize,
 }
 
 pub const ORDER_PARTITIONS: u32 = 3;
 pub const SKU_PARTITIONS: u32 = 2;
 
 pub fn setup(seed: u64, orders: usize) -> Setup {
+    let s = setup_empty(seed, orders);
+    check(generate(&s, None).output().unwrap(), "generate --kafka");
+    s
+}
+
+/// `generate --kafka` of the setup's workload, at `rate_per_s` records per second if given.
+pub fn generate(s: &Setup, rate_per_s: Option<u64>) -> Command {
+    let spec = super::workload_spec(s.seed, s.orders);
+    let mut c = orderfold(&s.config_file);
+    c.args(["generate", "--kafka"])
+        .args(["--seed", &spec.seed.to_string()])
+        .args(["--orders", &spec.orders.to_string()])
+        .args(["--skus", &spec.skus.to_string()]);
+    if let Some(rate) = rate_per_s {
+        c.args(["--produce-rate-per-s", &rate.to_string()]);
+    }
+    c
+}
+
+/// A broker with the topics created and the workload's records known, but not produced yet.
+pub fn setup_empty(seed: u64, orders: usize) -> Setup {
     let tansu = Tansu::start();
     let state = tempfile::tempdir().unwrap();
     let config = super::config(&tansu.addr, state.path(), ORDER_PARTITIONS, SKU_PARTITIONS);
@@ -100,23 +123,15 @@ pub fn setup(seed: u64, orders: usize) -> Setup {
             .unwrap(),
         "topics create",
     );
-    let (spec, records) = super::workload(seed, orders);
-    check(
-        orderfold(&config_file)
-            .args(["generate", "--kafka"])
-            .args(["--seed", &spec.seed.to_string()])
-            .args(["--orders", &spec.orders.to_string()])
-            .args(["--skus", &spec.skus.to_string()])
-            .output()
-            .unwrap(),
-        "generate --kafka",
-    );
+    let (_, records) = super::workload(seed, orders);
     Setup {
         tansu,
         state,
         config,
         config_file,
         records,
+        seed,
+        orders,
     }
 }
 
@@ -154,6 +169,20 @@ pub fn spawn_run_with(
     env: &[(&str, &str)],
     min_processed: u64,
 ) -> (Child, Receiver<String>) {
+    let (mut child, rx) = spawn_run_logged(config_file, args, env);
+    if let Err(why) = wait_committed(&rx, min_processed, Duration::from_secs(120)) {
+        let _ = child.kill();
+        panic!("{why}");
+    }
+    (child, rx)
+}
+
+/// Starts `run` with a JSON log at debug level, returned line by line, without waiting.
+pub fn spawn_run_logged(
+    config_file: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, Receiver<String>) {
     let mut child = orderfold(config_file)
         .env("RUST_LOG", "orderfold=debug")
         .env("ORDERFOLD_LOG_FORMAT", "json")
@@ -173,10 +202,6 @@ pub fn spawn_run_with(
             }
         }
     });
-    if let Err(why) = wait_committed(&rx, min_processed, Duration::from_secs(120)) {
-        let _ = child.kill();
-        panic!("{why}");
-    }
     (child, rx)
 }
 
@@ -202,6 +227,26 @@ pub fn wait_committed(
         if fields["message"] == "committed"
             && fields["processed"].as_u64().unwrap_or(0) >= min_processed.max(1)
         {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until a run's JSON log reports an assignment that gives it order-stage tasks.
+pub fn wait_assigned(log: &Receiver<String>, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = log.recv_timeout(left) else {
+            return Err(format!(
+                "orderfold got no order-stage task within {limit:?}"
+            ));
+        };
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let fields = &entry["fields"];
+        if fields["message"] == "partitions assigned" && fields["order_tasks"] != "[]" {
             return Ok(());
         }
     }
