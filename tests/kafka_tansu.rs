@@ -154,10 +154,12 @@ fn scaling_out_and_in_with_a_crash_under_load_equals_the_driver_and_a_replay_ver
     // The input arrives while the instances come and go: about 146,000 records at 3,000/s.
     let s = setup_empty(57, 30_000);
     let total = broker::order_stage_records(&s.records);
-    let mut upstream = generate(&s, Some(3_000))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut upstream = Running(
+        generate(&s, Some(3_000))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let dir_of = |i: usize| dirs[i].path().to_str().unwrap().to_string();
     let env = |i: usize| -> Vec<(&str, String)> {

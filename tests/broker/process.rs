@@ -157,7 +157,7 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
 
 /// Starts `run` and returns once it has committed processed records (its JSON log says so),
 /// so a signal sent after this lands while it is processing, not while it starts.
-pub fn spawn_run(config_file: &Path, args: &[&str]) -> (Child, Receiver<String>) {
+pub fn spawn_run(config_file: &Path, args: &[&str]) -> (Running, Receiver<String>) {
     spawn_run_with(config_file, args, &[], 1)
 }
 
@@ -168,7 +168,7 @@ pub fn spawn_run_with(
     args: &[&str],
     env: &[(&str, &str)],
     min_processed: u64,
-) -> (Child, Receiver<String>) {
+) -> (Running, Receiver<String>) {
     let (mut child, rx) = spawn_run_logged(config_file, args, env);
     if let Err(why) = wait_committed(&rx, min_processed, Duration::from_secs(120)) {
         let _ = child.kill();
@@ -177,12 +177,37 @@ pub fn spawn_run_with(
     (child, rx)
 }
 
+/// A child process that is killed when dropped, so a failing test leaves no instance behind.
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `run` with a JSON log at debug level, returned line by line, without waiting.
 pub fn spawn_run_logged(
     config_file: &Path,
     args: &[&str],
     env: &[(&str, &str)],
-) -> (Child, Receiver<String>) {
+) -> (Running, Receiver<String>) {
     let mut child = orderfold(config_file)
         .env("RUST_LOG", "orderfold=debug")
         .env("ORDERFOLD_LOG_FORMAT", "json")
@@ -202,7 +227,7 @@ pub fn spawn_run_logged(
             }
         }
     });
-    (child, rx)
+    (Running(child), rx)
 }
 
 /// Waits until a run's JSON log reports a commit with at least `min_processed` records
