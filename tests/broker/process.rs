@@ -230,6 +230,48 @@ pub fn spawn_run_logged(
     (Running(child), rx)
 }
 
+/// Waits until a line of a run's JSON log has fields that satisfy `wanted`; `what` names the
+/// awaited event in the error after `limit`.
+fn wait_log(
+    log: &Receiver<String>,
+    limit: Duration,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    // The last lines read, so a failure shows what the process was doing instead.
+    let mut recent = std::collections::VecDeque::with_capacity(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match log.recv_timeout(left) {
+            Ok(line) => line,
+            Err(e) => {
+                let why = match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => format!("within {limit:?}"),
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                        "before its log ended".to_string()
+                    }
+                };
+                let tail: Vec<String> = recent.into_iter().collect();
+                return Err(format!(
+                    "orderfold {what} {why}; its last log lines:\n{}",
+                    tail.join("\n")
+                ));
+            }
+        };
+        if recent.len() == 20 {
+            recent.pop_front();
+        }
+        recent.push_back(line.clone());
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if wanted(&entry["fields"]) {
+            return Ok(());
+        }
+    }
+}
+
 /// Waits until a run's JSON log reports a commit with at least `min_processed` records
 /// processed by that process.
 pub fn wait_committed(
@@ -237,44 +279,18 @@ pub fn wait_committed(
     min_processed: u64,
     limit: Duration,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = log.recv_timeout(left) else {
-            return Err(format!(
-                "orderfold did not commit {min_processed} processed records within {limit:?}"
-            ));
-        };
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let fields = &entry["fields"];
-        if fields["message"] == "committed"
+    let what = format!("did not commit {min_processed} processed records");
+    wait_log(log, limit, &what, |fields| {
+        fields["message"] == "committed"
             && fields["processed"].as_u64().unwrap_or(0) >= min_processed.max(1)
-        {
-            return Ok(());
-        }
-    }
+    })
 }
 
 /// Waits until a run's JSON log reports an assignment that gives it order-stage tasks.
 pub fn wait_assigned(log: &Receiver<String>, limit: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = log.recv_timeout(left) else {
-            return Err(format!(
-                "orderfold got no order-stage task within {limit:?}"
-            ));
-        };
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let fields = &entry["fields"];
-        if fields["message"] == "partitions assigned" && fields["order_tasks"] != "[]" {
-            return Ok(());
-        }
-    }
+    wait_log(log, limit, "got no order-stage task", |fields| {
+        fields["message"] == "partitions assigned" && fields["order_tasks"] != "[]"
+    })
 }
 
 /// A run's JSON report, from the last line of its stdout.
