@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::kafka::{self, Acks, ClientError, EndOffsets, TopicNames, TopicSpec};
-use crate::runtime::{self, Mode, Progress, RuntimeError, Shutdown};
+use crate::metrics::Metrics;
+use crate::runtime::{self, Mode, RuntimeError, Shutdown, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -92,7 +93,7 @@ pub fn ceiling(
         let Some(copy) = copies.get(m.topic()) else {
             return Ok(());
         };
-        let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(copy);
+        let mut record: BaseRecord<[u8], [u8], usize> = BaseRecord::with_opaque_to(copy, 0);
         record.key = m.key();
         record.payload = m.payload();
         record.partition = Some(m.partition());
@@ -215,7 +216,8 @@ fn timed(config: &Config, mode: Mode, ends: &EndOffsets) -> Result<Timed, BenchE
     let order_total = sum(&names.order_inputs());
     let events = sum(&names.external_inputs());
     let live = mode == Mode::Live;
-    let progress = Arc::new(Progress::default());
+    let metrics = Metrics::new(config.metrics.enabled).map_err(RuntimeError::from)?;
+    let progress = Arc::new(Status::new(metrics));
     let shutdown = Shutdown::default();
     let cpu = cpu_seconds();
     let started = Instant::now();
@@ -356,8 +358,8 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
             };
             let bytes = postcard::to_stdvec(&checkpoint)
                 .map_err(|e| ClientError::Io(format!("checkpoint: {e}")))?;
-            let mut record: BaseRecord<[u8], [u8]> =
-                BaseRecord::to(names.changelog(stage, Store::Meta));
+            let mut record: BaseRecord<[u8], [u8], usize> =
+                BaseRecord::with_opaque_to(names.changelog(stage, Store::Meta), 0);
             record.key = Some(changelog::CHECKPOINT_KEY);
             record.payload = Some(&bytes);
             record.partition = Some(p);

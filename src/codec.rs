@@ -1,13 +1,20 @@
 //! Avro single-object encoding (`C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of
-//! the writer schema, then the binary datum) for every record type in `schemas/`. It owns
-//! schema lookup by fingerprint and must never panic on input: a bad record is an error value.
+//! the writer schema, then the binary datum) and Confluent's framing (`00`, the writer schema's
+//! 4-byte big-endian registry id, then the datum) for every record type in `schemas/`, detected
+//! per record by the first byte. It owns schema lookup by fingerprint and by id, and must never
+//! panic on input: a bad record is an error value.
+//!
+//! Decoding does no I/O. An id the codec does not know yet is fetched from the schema registry
+//! by `resolve`, which the runtime calls as a record arrives and before a task decodes it; a
+//! task then finds the id cached, or reads the record as an unknown schema.
 //!
 //! Schemas are parsed and resolved once, when the codec is built. A record written with our own
 //! schema takes the fast path (serde straight from the bytes); a record written with another
 //! known writer schema of the same record is read through Avro schema resolution.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
@@ -16,14 +23,22 @@ use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::config::WireFormat;
 use crate::event::{
     InventoryEvent, LogisticsEvent, OrderEvent, OversellAlert, PaymentEvent, ReservationExpired,
     SkuCommand, TrackingStatus, Watermark,
 };
+use crate::registry::{Registry, RegistryError};
 
 /// The two bytes that open every single-object encoded record.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
+/// The byte that opens every Confluent-framed record, followed by the 4-byte schema id.
+pub const CONFLUENT_MAGIC: u8 = 0;
+const CONFLUENT_HEADER_LEN: usize = 5;
+/// Schema ids the registry said it does not have, remembered so that a run of such records
+/// does not ask again for each; forgotten all at once past this many.
+const UNKNOWN_IDS_MAX: usize = 10_000;
 
 /// A record type with a schema in `schemas/`.
 pub trait AvroRecord: Serialize + DeserializeOwned {
@@ -127,6 +142,19 @@ pub enum SchemaError {
     },
     #[error("writer schema {0} is not a version of any record orderfold reads")]
     UnknownRecord(String),
+    #[error("avro.schema_ids {id}: cannot read {path}: {error}")]
+    SchemaFile {
+        id: String,
+        path: std::path::PathBuf,
+        error: String,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(
+        "avro.output_format = \"confluent\" needs a schema id for {0}: list its .avsc in \
+         avro.schema_ids or set avro.schema_registry_url"
+    )]
+    NoOutputId(&'static str),
 }
 
 /// The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's canonical form.
@@ -142,6 +170,13 @@ struct Evolved {
     reader: GenericDatumReader<'static>,
 }
 
+/// The writer schema behind a Confluent schema id.
+struct IdSchema {
+    kind: RecordKind,
+    /// None when it is our own schema: the fast path reads it.
+    evolved: Option<Evolved>,
+}
+
 struct Entry {
     fingerprint: [u8; 8],
     reader: GenericDatumReader<'static>,
@@ -153,6 +188,12 @@ struct Entry {
 pub struct Codec {
     entries: HashMap<RecordKind, Entry>,
     kind_by_fingerprint: HashMap<[u8; 8], RecordKind>,
+    /// Confluent schema ids known so far: configured, registered, or fetched by `resolve`.
+    by_id: RwLock<HashMap<u32, Arc<IdSchema>>>,
+    unknown_ids: Mutex<HashSet<u32>>,
+    registry: Option<Registry>,
+    /// Kinds written in Confluent framing, with their schema id (`avro.output_format`).
+    output_ids: HashMap<RecordKind, u32>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -189,6 +230,71 @@ impl Codec {
     /// The codec for orderfold's schemas plus other writer schemas (older or newer versions
     /// of the same records) that producers may use; each is matched to our record by full name.
     pub fn with_writer_schemas(writer_schemas: &[String]) -> Result<Arc<Codec>, SchemaError> {
+        Self::build(writer_schemas).map(Arc::new)
+    }
+
+    /// The codec a config asks for: static schema ids, the schema registry, and the framing of
+    /// the output topics. With `confluent` output it learns each output schema's id from
+    /// `avro.schema_ids` or by registering it under `<topic>-value`.
+    pub fn from_config(config: &crate::config::Config) -> Result<Arc<Codec>, SchemaError> {
+        let avro = &config.avro;
+        let mut codec = Self::build(&[])?;
+        for (id, path) in &avro.schema_ids {
+            let file_error = |error: String| SchemaError::SchemaFile {
+                id: id.clone(),
+                path: path.clone(),
+                error,
+            };
+            let number = id.parse::<u32>().map_err(|e| file_error(e.to_string()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+            let schema = id_schema(&codec, &text)?;
+            codec.by_id_mut().insert(number, Arc::new(schema));
+        }
+        if !avro.schema_registry_url.is_empty() {
+            codec.registry = Some(Registry::new(
+                &avro.schema_registry_url,
+                Duration::from_millis(avro.registry_timeout_ms),
+            ));
+        }
+        if avro.output_format == WireFormat::Confluent {
+            let t = &config.topics;
+            for (kind, topic) in [
+                (RecordKind::ReservationExpired, &t.reservation_expiry),
+                (RecordKind::TrackingStatus, &t.tracking_status),
+                (RecordKind::OversellAlert, &t.oversell_alerts),
+            ] {
+                let pinned = codec
+                    .by_id_mut()
+                    .iter()
+                    .find(|(_, s)| s.kind == kind && s.evolved.is_none())
+                    .map(|(id, _)| *id);
+                let id = match (pinned, &codec.registry) {
+                    (Some(id), _) => id,
+                    (None, Some(registry)) => {
+                        let id =
+                            registry.register(&format!("{topic}-value"), kind.schema_text())?;
+                        codec.by_id_mut().insert(
+                            id,
+                            Arc::new(IdSchema {
+                                kind,
+                                evolved: None,
+                            }),
+                        );
+                        id
+                    }
+                    (None, None) => return Err(SchemaError::NoOutputId(kind.full_name())),
+                };
+                codec.output_ids.insert(kind, id);
+            }
+        }
+        Ok(Arc::new(codec))
+    }
+
+    fn by_id_mut(&mut self) -> &mut HashMap<u32, Arc<IdSchema>> {
+        self.by_id.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn build(writer_schemas: &[String]) -> Result<Codec, SchemaError> {
         let mut entries = HashMap::new();
         let mut kind_by_fingerprint = HashMap::new();
         for kind in RecordKind::ALL {
@@ -238,10 +344,78 @@ impl Codec {
                 }
             }
         }
-        Ok(Arc::new(Codec {
+        Ok(Codec {
             entries,
             kind_by_fingerprint,
-        }))
+            by_id: RwLock::new(HashMap::new()),
+            unknown_ids: Mutex::new(HashSet::new()),
+            registry: None,
+            output_ids: HashMap::new(),
+        })
+    }
+
+    /// Makes sure the schema id of a Confluent-framed record is known, asking the registry
+    /// once for an id it has not seen. Anything else returns at once. An error means the
+    /// registry is unreachable: the record cannot be read now, and must not be dead-lettered
+    /// for it.
+    pub fn resolve(&self, bytes: &[u8]) -> Result<(), RegistryError> {
+        let (Some(registry), Some(id)) = (&self.registry, confluent_id(bytes)) else {
+            return Ok(());
+        };
+        if self.known_id(id).is_some() || self.lock_unknown().contains(&id) {
+            return Ok(());
+        }
+        let found = match registry.schema(id) {
+            Ok(text) => id_schema(self, &text).map_err(|e| e.to_string()),
+            Err(RegistryError::NotFound { .. }) => Err("not in the registry".to_string()),
+            Err(e) => return Err(e),
+        };
+        match found {
+            Ok(schema) => {
+                self.by_id
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, Arc::new(schema));
+            }
+            Err(why) => {
+                tracing::warn!(schema_id = id, why, "unknown schema id");
+                let mut unknown = self.lock_unknown();
+                if unknown.len() >= UNKNOWN_IDS_MAX {
+                    unknown.clear();
+                }
+                unknown.insert(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_unknown(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.unknown_ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known_id(&self, id: u32) -> Option<Arc<IdSchema>> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// The schema behind a Confluent-framed record's id, and its body.
+    fn by_confluent_id<'b>(
+        &self,
+        bytes: &'b [u8],
+    ) -> Result<(Arc<IdSchema>, &'b [u8]), DecodeError> {
+        let Some(id) = confluent_id(bytes) else {
+            return Err(DecodeError::Decode(format!(
+                "{} bytes is shorter than the Confluent header",
+                bytes.len()
+            )));
+        };
+        let schema = self
+            .known_id(id)
+            .ok_or_else(|| DecodeError::UnknownSchema(format!("unknown schema id {id}")))?;
+        Ok((schema, &bytes[CONFLUENT_HEADER_LEN..]))
     }
 
     fn entry(&self, kind: RecordKind) -> &Entry {
@@ -249,8 +423,11 @@ impl Codec {
         &self.entries[&kind]
     }
 
-    /// Which record a single-object encoded value holds, by its writer fingerprint.
+    /// Which record a value holds, by its writer fingerprint or schema id.
     pub fn kind_of(&self, bytes: &[u8]) -> Result<RecordKind, DecodeError> {
+        if bytes.first() == Some(&CONFLUENT_MAGIC) {
+            return Ok(self.by_confluent_id(bytes)?.0.kind);
+        }
         let fp = split_header(bytes)?.0;
         self.kind_by_fingerprint
             .get(&fp)
@@ -258,30 +435,55 @@ impl Codec {
             .ok_or_else(|| unknown_fingerprint(fp))
     }
 
-    /// Reads one single-object encoded record of type `T`.
+    /// Reads one record of type `T`, single-object encoded or Confluent-framed.
     pub fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
-        let (fp, mut body) = split_header(bytes)?;
+        if bytes.first() == Some(&CONFLUENT_MAGIC) {
+            let (schema, body) = self.by_confluent_id(bytes)?;
+            if schema.kind != T::KIND {
+                return Err(DecodeError::UnknownSchema(format!(
+                    "schema id {} is a {}, not a {}",
+                    confluent_id(bytes).unwrap_or_default(),
+                    schema.kind.full_name(),
+                    T::KIND.full_name()
+                )));
+            }
+            return self.read(schema.evolved.as_ref(), body);
+        }
+        let (fp, body) = split_header(bytes)?;
         let entry = self.entry(T::KIND);
-        let value = if fp == entry.fingerprint {
-            entry
-                .reader
-                .read_deser::<T>(&mut body)
-                .map_err(|e| DecodeError::Decode(format!("{}: {e}", T::KIND.full_name())))?
+        if fp == entry.fingerprint {
+            self.read(None, body)
         } else if let Some(evolved) = entry.evolved.get(&fp) {
-            let value = evolved
-                .reader
-                .read_value(&mut body)
-                .map_err(|e| DecodeError::Decode(format!("{}: {e}", T::KIND.full_name())))?;
-            apache_avro::from_value::<T>(&value)
-                .map_err(|e| DecodeError::Decode(format!("{}: {e}", T::KIND.full_name())))?
+            self.read(Some(evolved), body)
         } else if self.kind_by_fingerprint.contains_key(&fp) {
-            return Err(DecodeError::UnknownSchema(format!(
+            Err(DecodeError::UnknownSchema(format!(
                 "writer schema {} is not a {}",
                 hex(&fp),
                 T::KIND.full_name()
-            )));
+            )))
         } else {
-            return Err(unknown_fingerprint(fp));
+            Err(unknown_fingerprint(fp))
+        }
+    }
+
+    /// Reads a datum of `T` written with our schema (`evolved` None) or an evolved one.
+    fn read<T: AvroRecord>(
+        &self,
+        evolved: Option<&Evolved>,
+        mut body: &[u8],
+    ) -> Result<T, DecodeError> {
+        let error =
+            |e: apache_avro::Error| DecodeError::Decode(format!("{}: {e}", T::KIND.full_name()));
+        let value = match evolved {
+            None => self
+                .entry(T::KIND)
+                .reader
+                .read_deser::<T>(&mut body)
+                .map_err(error)?,
+            Some(evolved) => {
+                let value = evolved.reader.read_value(&mut body).map_err(error)?;
+                apache_avro::from_value::<T>(&value).map_err(error)?
+            }
         };
         if !body.is_empty() {
             return Err(DecodeError::Decode(format!(
@@ -293,15 +495,73 @@ impl Codec {
         Ok(value)
     }
 
-    /// Writes one record with our schema, single-object encoded.
+    /// Writes one record with our schema: Confluent-framed when the config gives its kind an
+    /// output id, else single-object encoded.
     pub fn encode<T: AvroRecord>(&self, value: &T) -> Result<Vec<u8>, apache_avro::Error> {
         let entry = self.entry(T::KIND);
         let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        out.extend_from_slice(&entry.fingerprint);
+        match self.output_ids.get(&T::KIND) {
+            Some(id) => {
+                out.push(CONFLUENT_MAGIC);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            None => {
+                out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+                out.extend_from_slice(&entry.fingerprint);
+            }
+        }
         entry.writer.write_ser(&mut out, value)?;
         Ok(out)
     }
+}
+
+/// The schema id of a Confluent-framed record, if `bytes` is one.
+pub fn confluent_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [CONFLUENT_MAGIC, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// The Confluent framing of a datum written with the schema registered as `id`: what a
+/// Confluent serializer writes. `single_object` is a single-object encoded record.
+pub fn reframe_confluent(single_object: &[u8], id: u32) -> Option<Vec<u8>> {
+    let body = single_object.get(HEADER_LEN..)?;
+    let mut out = Vec::with_capacity(CONFLUENT_HEADER_LEN + body.len());
+    out.push(CONFLUENT_MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(body);
+    Some(out)
+}
+
+/// The schema behind an id: matched to our record by its full name, read through resolution
+/// unless it is our own schema.
+fn id_schema(codec: &Codec, text: &str) -> Result<IdSchema, SchemaError> {
+    let writer = leak_schema(text, "writer schema")?;
+    let full_name = match writer {
+        Schema::Record(r) => r.name.fullname(None),
+        _ => return Err(SchemaError::UnknownRecord(writer.canonical_form())),
+    };
+    let kind = RecordKind::ALL
+        .into_iter()
+        .find(|k| k.full_name() == full_name)
+        .ok_or_else(|| SchemaError::UnknownRecord(full_name.clone()))?;
+    if fingerprint(writer) == codec.entry(kind).fingerprint {
+        return Ok(IdSchema {
+            kind,
+            evolved: None,
+        });
+    }
+    let reader_schema = leak_schema(kind.schema_text(), kind.full_name())?;
+    let reader = GenericDatumReader::builder(writer)
+        .reader_schema(reader_schema)
+        .human_readable(false)
+        .build()
+        .map_err(|e| schema_error(&full_name, e))?;
+    Ok(IdSchema {
+        kind,
+        evolved: Some(Evolved { reader }),
+    })
 }
 
 fn split_header(bytes: &[u8]) -> Result<([u8; 8], &[u8]), DecodeError> {

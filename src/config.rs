@@ -215,6 +215,95 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The HTTP server beside the service: metrics, health, readiness and state queries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where `orderfold run` listens. Loopback by default: the state endpoints show business
+    /// data, so exposing them is a decision (bind 0.0.0.0:9464 behind a firewall or proxy).
+    /// Empty: no server.
+    pub bind: String,
+    /// Answer `/state/sku/{sku}` and `/state/order/{order_id}`. Off: they answer 404.
+    pub state_queries: bool,
+    /// `/healthz` fails once the poll loop has not gone round for this long. Above
+    /// `runtime.produce_ack_timeout_ms`, because a commit may wait that long for the broker.
+    pub stall_after_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: "127.0.0.1:9464".into(),
+            state_queries: true,
+            stall_after_ms: 60_000,
+        }
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Off: `/metrics` still answers, but no occurrence moves a metric (logs stay the same).
+    pub enabled: bool,
+    /// How often librdkafka reports the high watermarks the consumer-lag gauge is computed
+    /// from (its `statistics.interval.ms`). 5 s is below any sane scrape interval's double.
+    pub lag_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            lag_interval_ms: 5_000,
+        }
+    }
+}
+
+/// How records are framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireFormat {
+    /// Avro single-object encoding: `C3 01`, the writer schema's 8-byte fingerprint, the datum.
+    #[default]
+    SingleObject,
+    /// Confluent's framing: a zero byte, the writer schema's 4-byte registry id (big-endian),
+    /// the datum.
+    Confluent,
+}
+
+/// Avro schemas beyond orderfold's own: where Confluent-framed records' schema ids resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AvroConfig {
+    /// How orderfold frames what it writes to its output topics (reservation expiries,
+    /// tracking status, oversell alerts). Input is read in either framing, detected per record.
+    /// Internal topics always use single-object encoding.
+    pub output_format: WireFormat,
+    /// A Confluent-compatible schema registry (`http://host:8081`). Ids not in `schema_ids` are
+    /// fetched from it once and cached; `confluent` output registers the output schemas under
+    /// `<topic>-value` (as Confluent's serializers do) to learn their ids. Empty: none.
+    pub schema_registry_url: String,
+    /// How long one registry request may take, retries included, before the process stops
+    /// (exits non-zero; a restart reads the record again). A registry that answers "not found"
+    /// sends the record to the dead-letter topic instead.
+    pub registry_timeout_ms: u64,
+    /// Static schema ids: registry id → `.avsc` file, for deployments without a registry or to
+    /// pin ids. Ids here win over the registry.
+    pub schema_ids: BTreeMap<String, PathBuf>,
+}
+
+impl Default for AvroConfig {
+    fn default() -> Self {
+        AvroConfig {
+            output_format: WireFormat::SingleObject,
+            schema_registry_url: String::new(),
+            registry_timeout_ms: 10_000,
+            schema_ids: BTreeMap::new(),
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -225,6 +314,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub runtime: RuntimeConfig,
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
+    pub avro: AvroConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,7 +341,9 @@ pub enum ConfigError {
 /// (`ORDERFOLD_KAFKA_BOOTSTRAP_SERVERS`), and `ORDERFOLD_LIBRDKAFKA_<PROPERTY>` with dots as
 /// underscores (`ORDERFOLD_LIBRDKAFKA_SASL_MECHANISM` sets `sasl.mechanism`).
 pub const ENV_PREFIX: &str = "ORDERFOLD_";
-const SECTIONS: [&str; 6] = ["rules", "limits", "state", "kafka", "topics", "runtime"];
+const SECTIONS: [&str; 9] = [
+    "rules", "limits", "state", "kafka", "topics", "runtime", "http", "metrics", "avro",
+];
 
 impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -363,6 +457,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "kafka.application_id must not be empty".into(),
             ));
+        }
+        if let Some(bad) = self
+            .avro
+            .schema_ids
+            .keys()
+            .find(|k| k.parse::<u32>().is_err())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "avro.schema_ids: {bad:?} is not a schema id (a number)"
+            )));
         }
         Ok(())
     }

@@ -87,13 +87,8 @@ impl LocalState {
 
     pub fn order(&self, id: &str) -> Result<Option<OrderView>, InspectError> {
         for t in &self.order_tasks {
-            let (order, tracking) = (t.order(id)?, t.tracking(id)?);
-            if order.is_some() || tracking.is_some() {
-                return Ok(Some(OrderView {
-                    order_id: id.to_string(),
-                    order,
-                    tracking,
-                }));
+            if let Some(view) = t.order_view(id)? {
+                return Ok(Some(view));
             }
         }
         Ok(None)

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -17,6 +17,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::changelog;
 use crate::config::Config;
+use crate::metrics::{self, At, Metrics, Occurrence, Sent};
 use crate::state::{Stage, Store};
 
 /// How long metadata and admin requests may take before a command gives up.
@@ -53,6 +54,9 @@ pub struct Acks {
     first_error: Mutex<Option<String>>,
     /// With `tracking_ends`, the end offset each delivered record proves, per partition.
     ends: Option<Mutex<EndOffsets>>,
+    /// With `observed`, every acknowledgement and refusal is an occurrence: the record's kind
+    /// and cause time travel as its delivery opaque (see `metrics::delivery_opaque`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Acks {
@@ -62,6 +66,14 @@ impl Acks {
         Acks {
             ends: Some(Mutex::new(EndOffsets::new())),
             ..Acks::default()
+        }
+    }
+
+    /// `tracking_ends`, with each delivery emitted as an occurrence.
+    pub fn observed(metrics: Arc<Metrics>) -> Acks {
+        Acks {
+            metrics: Some(metrics),
+            ..Acks::tracking_ends()
         }
     }
 
@@ -91,9 +103,12 @@ impl Acks {
 impl ClientContext for Acks {}
 
 impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        if let Some(metrics) = &self.metrics {
+            observe_delivery(metrics, result, opaque);
+        }
         if let (Ok(m), Some(ends)) = (result, &self.ends) {
             if let Ok(mut ends) = ends.lock() {
                 let end = ends
@@ -108,6 +123,52 @@ impl ProducerContext for Acks {
                 first.get_or_insert_with(|| e.to_string());
             }
         }
+    }
+}
+
+/// Emits the occurrence of one acknowledgement or refusal.
+fn observe_delivery(metrics: &Metrics, result: &DeliveryResult<'_>, opaque: usize) {
+    let (sent, cause_time) = metrics::from_opaque(opaque);
+    match result {
+        Ok(m) => {
+            let at = At {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+            };
+            if sent == Sent::DeadLetter {
+                let header = |name: &str| -> String {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|h| h.key == name))
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                let (reason, detail, topic) = (header("reason"), header("detail"), header("topic"));
+                metrics.emit(Occurrence::DeadLettered {
+                    at,
+                    reason: &reason,
+                    detail: &detail,
+                    source: At {
+                        topic: &topic,
+                        partition: header("partition").parse().unwrap_or(-1),
+                        offset: header("offset").parse().unwrap_or(-1),
+                    },
+                });
+            } else {
+                metrics.emit(Occurrence::Delivered {
+                    at,
+                    sent,
+                    key: m.key(),
+                    cause_time,
+                });
+            }
+        }
+        Err((e, m)) => metrics.emit(Occurrence::DeliveryFailed {
+            topic: m.topic(),
+            partition: m.partition(),
+            error: &e.to_string(),
+        }),
     }
 }
 
@@ -558,7 +619,7 @@ pub fn produce_all<'a>(
         producer_config(config).create_with_context(Acks::tracking_ends())?;
     let mut sent = 0;
     for (topic, key, value) in records {
-        let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
+        let mut record: BaseRecord<[u8], [u8], usize> = BaseRecord::with_opaque_to(topic, 0);
         record.key = key;
         record.payload = value;
         loop {

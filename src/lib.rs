@@ -4,7 +4,7 @@
 //!
 //! The modules follow the data: `codec` (decode) → `merge` → `fold` (pure rules) → `state`
 //! → `sink`, with the `stage` tasks tying them together per partition, `driver` running a whole
-//! topology without a broker, and `config` beside them.
+//! topology without a broker, and `config`, `metrics` and the `http` server beside them.
 
 pub mod bench;
 pub mod changelog;
@@ -14,11 +14,15 @@ pub mod driver;
 pub mod event;
 pub mod fold;
 pub mod generate;
+pub mod http;
 pub mod ids;
 pub mod inspect;
 pub mod kafka;
 pub mod merge;
+pub mod metrics;
 pub mod partition;
+pub mod query;
+pub mod registry;
 pub mod replay;
 pub mod runtime;
 pub mod simulate;

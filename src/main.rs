@@ -19,8 +19,9 @@ use orderfold::event::{AlertKind, OversellAlert};
 use orderfold::generate::{generate, Generated, WorkloadSpec};
 use orderfold::inspect::LocalState;
 use orderfold::kafka::{self, EndOffsets, TopicNames};
+use orderfold::metrics::Metrics;
 use orderfold::replay;
-use orderfold::runtime::{self, Mode, Progress, RunReport, Shutdown};
+use orderfold::runtime::{self, Mode, RunReport, Shutdown, Status};
 use orderfold::simulate::{simulate, SimulateOptions};
 use orderfold::verify;
 use rdkafka::mocking::MockCluster;
@@ -334,7 +335,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Mode::Live
             };
-            let report = runtime::run(&config, mode, shutdown, Arc::new(Progress::default()))?;
+            let status = Arc::new(Status::new(Metrics::new(config.metrics.enabled)?));
+            if let Some(listener) = orderfold::http::bind(&config.http)
+                .with_context(|| format!("binding http.bind {}", config.http.bind))?
+            {
+                let (http, status) = (config.http.clone(), status.clone());
+                tracing::info!(bind = %http.bind, "serving /metrics, /healthz, /readyz, /state");
+                rt.spawn(async move {
+                    if let Err(e) = orderfold::http::serve(listener, &http, status).await {
+                        tracing::error!(error = %e, "the HTTP server stopped");
+                    }
+                });
+            }
+            let report = runtime::run(&config, mode, shutdown, status)?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::Topics {
@@ -667,7 +680,7 @@ fn run_with_progress(
     start: Option<EndOffsets>,
     order_total: u64,
 ) -> anyhow::Result<RunReport> {
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Status::new(Metrics::new(config.metrics.enabled)?));
     std::thread::scope(|s| -> anyhow::Result<RunReport> {
         let worker = s.spawn(|| {
             runtime::run_from(config, mode, start, Shutdown::default(), progress.clone())
@@ -781,7 +794,7 @@ fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
         }
     }
     let alerts = |k: AlertKind| report.alerts.get(k.label()).copied().unwrap_or(0);
-    let codec = Codec::new()?;
+    let codec = Codec::from_config(config)?;
     let mut oversold: BTreeMap<String, usize> = BTreeMap::new();
     for r in kafka::read_to_end(config, &names.oversell_alerts)? {
         if let Some(a) = r

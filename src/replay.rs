@@ -368,8 +368,8 @@ pub fn apply_reset(config: &Config, plan: &ResetPlan) -> Result<(), ReplayError>
     for (stage, p, checkpoint) in &plan.checkpoints {
         let value = postcard::to_stdvec(checkpoint)
             .map_err(|e| ClientError::Io(format!("reset checkpoint: {e}")))?;
-        let mut record: BaseRecord<[u8], [u8]> =
-            BaseRecord::to(names.changelog(*stage, Store::Meta));
+        let mut record: BaseRecord<[u8], [u8], usize> =
+            BaseRecord::with_opaque_to(names.changelog(*stage, Store::Meta), 0);
         record.key = Some(CHECKPOINT_KEY);
         record.payload = Some(&value);
         record.partition = Some(*p);

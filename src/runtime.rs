@@ -23,6 +23,8 @@ use crate::codec::Codec;
 use crate::config::{Config, Guarantee};
 use crate::event::Millis;
 use crate::kafka::{self, Acks, ClientError, InputSlot, Layout, TopicNames};
+use crate::metrics::{self, Metrics, Occurrence, Sent};
+use crate::query::Queries;
 use crate::sink::{OutRecord, OutTopic, Route};
 use crate::stage::order::{self as order_stage, OrderTask};
 use crate::stage::sku::{self as sku_stage, SkuTask};
@@ -43,6 +45,10 @@ pub enum RuntimeError {
     Restore(#[from] RestoreError),
     #[error("codec: {0}")]
     Schema(#[from] crate::codec::SchemaError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("exactly_once: the consumer has no group metadata to send with the offsets")]
     NoGroupMetadata,
     #[error("shutdown took longer than runtime.shutdown_timeout_ms; the last batch will be processed again")]
@@ -104,9 +110,10 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// Live counters a progress display can read while the run goes on.
-#[derive(Debug, Default)]
-pub struct Progress {
+/// What the outside can see of a running instance, shared with the HTTP server and progress
+/// displays: progress counters, readiness, liveness, the metrics and the tasks' state readers.
+#[derive(Debug)]
+pub struct Status {
     /// Order-stage input records processed (orders, payments, logistics).
     pub order_records: AtomicU64,
     /// SKU-stage input records processed (inventory and SKU commands).
@@ -117,12 +124,67 @@ pub struct Progress {
     pub restore_applied: AtomicU64,
     /// Changelog records the restore in progress has still to apply.
     pub restore_remaining: AtomicU64,
+    /// The group has answered with an assignment (a bounded run assigns itself at start).
+    pub assigned: AtomicBool,
+    /// When the poll loop last went round or a restore last moved, in ms since the epoch:
+    /// `/healthz` fails when it is too old.
+    pub heartbeat_ms: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub queries: Queries,
 }
 
-impl Progress {
-    /// Ready: no assigned task is restoring.
+impl Status {
+    pub fn new(metrics: Metrics) -> Status {
+        Status {
+            order_records: AtomicU64::new(0),
+            sku_records: AtomicU64::new(0),
+            restoring_tasks: AtomicU64::new(0),
+            restore_applied: AtomicU64::new(0),
+            restore_remaining: AtomicU64::new(0),
+            assigned: AtomicBool::new(false),
+            heartbeat_ms: AtomicU64::new(now_ms().max(0) as u64),
+            metrics: Arc::new(metrics),
+            queries: Queries::default(),
+        }
+    }
+
+    /// A status whose metrics never move, for runs nobody scrapes.
+    pub fn unobserved() -> Result<Status, prometheus::Error> {
+        Ok(Status::new(Metrics::new(false)?))
+    }
+
+    /// Ready: the group has assigned this instance its partitions (possibly none) and no
+    /// assigned task is restoring.
     pub fn ready(&self) -> bool {
-        self.restoring_tasks.load(Ordering::Acquire) == 0
+        self.assigned.load(Ordering::Acquire) && self.restoring_tasks.load(Ordering::Acquire) == 0
+    }
+
+    /// Why the instance is not ready, or None when it is.
+    pub fn not_ready_because(&self) -> Option<String> {
+        if !self.assigned.load(Ordering::Acquire) {
+            return Some("waiting for the group to assign partitions".into());
+        }
+        let restoring = self.restoring_tasks.load(Ordering::Acquire);
+        (restoring > 0).then(|| {
+            format!(
+                "restoring {restoring} task(s) from their changelogs, {} records to go in the current one",
+                self.restore_remaining.load(Ordering::Relaxed)
+            )
+        })
+    }
+
+    /// Milliseconds since the loop last went round.
+    pub fn since_heartbeat_ms(&self) -> u64 {
+        (now_ms().max(0) as u64).saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+
+    fn beat(&self) {
+        self.heartbeat_ms
+            .store(now_ms().max(0) as u64, Ordering::Relaxed);
+    }
+
+    fn set_ready(&self) {
+        self.metrics.set_ready(self.ready());
     }
 }
 
@@ -149,6 +211,55 @@ struct Slot<T, const N: usize> {
     processed_since_commit: usize,
     /// Where the task's changelogs stand; None when changelogs are off.
     changelog: Option<TaskChangelog>,
+    /// The task's accounting as the metrics last counted it, per input.
+    counted: [Counted; N],
+}
+
+/// What the metrics have counted of one input's accounting so far.
+#[derive(Default)]
+struct Counted {
+    processed: u64,
+    duplicates: u64,
+    ignored: BTreeMap<String, u64>,
+}
+
+impl Counted {
+    /// What a task's accounting holds when it opens: counted by the processes before this one.
+    fn baseline(acc: &Accounting) -> Counted {
+        Counted {
+            processed: acc.consumed,
+            duplicates: acc.duplicates,
+            ignored: acc.ignored.clone(),
+        }
+    }
+
+    /// Emits what `acc` has counted since the last call. Accounting that went back (a batch
+    /// discarded under `exactly_once`) is taken as the new baseline.
+    fn emit(&mut self, metrics: &Metrics, topic: &str, acc: &Accounting) {
+        let records = acc.consumed.saturating_sub(self.processed);
+        if records > 0 {
+            metrics.emit(Occurrence::Processed { topic, records });
+        }
+        let records = acc.duplicates.saturating_sub(self.duplicates);
+        if records > 0 {
+            metrics.emit(Occurrence::Duplicates { topic, records });
+        }
+        if acc.ignored != self.ignored {
+            for (kind, n) in &acc.ignored {
+                let records = n.saturating_sub(self.ignored.get(kind).copied().unwrap_or(0));
+                if records > 0 {
+                    metrics.emit(Occurrence::Ignored {
+                        topic,
+                        kind,
+                        records,
+                    });
+                }
+            }
+            self.ignored.clone_from(&acc.ignored);
+        }
+        self.processed = acc.consumed;
+        self.duplicates = acc.duplicates;
+    }
 }
 
 /// A task's place in its changelogs.
@@ -203,7 +314,9 @@ struct Engine {
     wall_clock_advance: bool,
     last_commit: Instant,
     dirty: bool,
-    progress: Arc<Progress>,
+    status: Arc<Status>,
+    /// When the gauges (stream time, reservations, lag) were last set.
+    last_gauges: Option<Instant>,
     report: RunReport,
     /// When the first partitions were assigned: throughput counts from here, not from the
     /// group join.
@@ -225,7 +338,12 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's periodic statistics, delivered inside `poll` on the loop's thread.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.engine().set_lag(&statistics);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(
@@ -242,6 +360,7 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let closed = engine.close_tasks(consumer);
                 let unassigned = consumer.unassign().map_err(RuntimeError::from);
+                engine.rebalanced("revoked");
                 closed.and(unassigned)
             }
             other => {
@@ -287,12 +406,57 @@ impl Engine {
             tpl.set_partition_offset(&topic, p, Offset::Offset(next))?;
             self.paused.remove(&(topic, p));
         }
+        self.status.assigned.store(true, Ordering::Release);
+        self.rebalanced("assigned");
         tracing::info!(
             order_tasks = ?self.order.keys().collect::<Vec<_>>(),
             sku_tasks = ?self.sku.keys().collect::<Vec<_>>(),
             "partitions assigned"
         );
         Ok(())
+    }
+
+    /// Sets the consumer-lag gauge of every assigned input partition: its end (the last stable
+    /// offset, which is the high watermark unless transactions are open) minus the task's
+    /// next offset. Records fetched but not processed yet count as lag.
+    fn set_lag(&self, statistics: &rdkafka::Statistics) {
+        let end = |topic: &str, p: u32| {
+            let part = statistics.topics.get(topic)?.partitions.get(&(p as i32))?;
+            let end = if part.ls_offset >= 0 {
+                part.ls_offset
+            } else {
+                part.hi_offset
+            };
+            (end >= 0).then_some(end)
+        };
+        let mut lags = Vec::new();
+        for (p, slot) in &self.order {
+            for (rank, topic) in self.names.order_inputs().into_iter().enumerate() {
+                if let Some(end) = end(topic, *p) {
+                    let lag = (end - slot.task.next_offset(rank)).max(0);
+                    lags.push((topic, *p as i32, lag));
+                }
+            }
+        }
+        for (p, slot) in &self.sku {
+            for (input, topic) in self.names.sku_inputs().into_iter().enumerate() {
+                if let Some(end) = end(topic, *p) {
+                    let lag = (end - slot.task.next_offset(input)).max(0);
+                    lags.push((topic, *p as i32, lag));
+                }
+            }
+        }
+        self.status.metrics.set_lag(&lags);
+    }
+
+    /// Reports an assignment or revocation with the tasks this instance runs now.
+    fn rebalanced(&self, kind: &'static str) {
+        self.status.metrics.emit(Occurrence::Rebalanced {
+            kind,
+            order_tasks: self.order.len(),
+            sku_tasks: self.sku.len(),
+        });
+        self.status.set_ready();
     }
 
     fn order_slot(
@@ -305,7 +469,7 @@ impl Engine {
                 let (db, changelog) = open_db(
                     &self.config,
                     &self.state_root,
-                    &self.progress,
+                    &self.status,
                     &mut self.report.restore,
                     Stage::Order,
                     p,
@@ -319,11 +483,14 @@ impl Engine {
                     }
                 }
                 let fetched = std::array::from_fn(|i| task.next_offset(i));
+                let counted =
+                    std::array::from_fn(|i| Counted::baseline(&task.meta().accounting[i]));
                 Ok(v.insert(Slot {
                     task,
                     fetched,
                     processed_since_commit: 0,
                     changelog,
+                    counted,
                 }))
             }
         }
@@ -339,7 +506,7 @@ impl Engine {
                 let (db, changelog) = open_db(
                     &self.config,
                     &self.state_root,
-                    &self.progress,
+                    &self.status,
                     &mut self.report.restore,
                     Stage::Sku,
                     p,
@@ -360,11 +527,14 @@ impl Engine {
                     }
                 }
                 let fetched = std::array::from_fn(|i| task.next_offset(i));
+                let counted =
+                    std::array::from_fn(|i| Counted::baseline(&task.meta().accounting[i]));
                 Ok(v.insert(Slot {
                     task,
                     fetched,
                     processed_since_commit: 0,
                     changelog,
+                    counted,
                 }))
             }
         }
@@ -382,9 +552,7 @@ impl Engine {
             return Err(e);
         }
         self.collect_report()?;
-        self.order.clear();
-        self.sku.clear();
-        self.paused.clear();
+        self.close_all();
         tracing::info!("partitions revoked; tasks committed and closed");
         Ok(())
     }
@@ -401,10 +569,17 @@ impl Engine {
                 tracing::warn!(error = %e, "cannot abort the open transaction");
             }
         }
+        self.close_all();
+        self.dirty = false;
+    }
+
+    /// Closes every task, after its state readers are gone: a query never reads a closed task,
+    /// and a task reopened later finds its database unlocked.
+    fn close_all(&mut self) {
+        self.status.queries.clear();
         self.order.clear();
         self.sku.clear();
         self.paused.clear();
-        self.dirty = false;
     }
 
     /// Hands one consumed record to its task; pauses the partition when the task's buffer for
@@ -424,6 +599,11 @@ impl Engine {
         let Ok(p) = u32::try_from(partition) else {
             return Ok(());
         };
+        // A Confluent schema id seen for the first time is fetched here, outside the tasks:
+        // an unreachable registry stops the run instead of dead-lettering readable records.
+        if let Some(v) = &value {
+            self.codec.resolve(v)?;
+        }
         let topic = self.topic_of(slot).to_string();
         if let Some(ends) = &self.ends {
             // Past the end captured at startup: a later run's input.
@@ -617,6 +797,12 @@ impl Engine {
             slot.processed_since_commit += n;
             total += n;
             order_records += n as u64;
+            if n > 0 {
+                let accounting = &slot.task.meta().accounting;
+                for (rank, topic) in self.names.order_inputs().into_iter().enumerate() {
+                    slot.counted[rank].emit(&self.status.metrics, topic, &accounting[rank]);
+                }
+            }
         }
         let mut sku_records = 0;
         let sku_ids: Vec<u32> = self.sku.keys().copied().collect();
@@ -630,15 +816,21 @@ impl Engine {
             slot.processed_since_commit += n;
             total += n;
             sku_records += n as u64;
+            if n > 0 {
+                let accounting = &slot.task.meta().accounting;
+                for (input, topic) in self.names.sku_inputs().into_iter().enumerate() {
+                    slot.counted[input].emit(&self.status.metrics, topic, &accounting[input]);
+                }
+            }
         }
         // One round's outputs, at most commit_records_max per task, go out together.
         self.produce(&mut out)?;
         if total > 0 {
             self.dirty = true;
-            self.progress
+            self.status
                 .order_records
                 .fetch_add(order_records, Ordering::Relaxed);
-            self.progress
+            self.status
                 .sku_records
                 .fetch_add(sku_records, Ordering::Relaxed);
             self.report.processed_this_run += order_records;
@@ -695,6 +887,14 @@ impl Engine {
                 OutTopic::SkuCommands => &names.sku_commands,
                 OutTopic::DeadLetters => &names.dead_letters,
             };
+            let sent = match r.topic {
+                OutTopic::ReservationExpiry => Sent::Expiry,
+                OutTopic::TrackingStatus => Sent::Tracking,
+                OutTopic::OversellAlerts => r.alert.map_or(Sent::Other, Sent::Alert),
+                OutTopic::SkuCommands => Sent::Command,
+                OutTopic::DeadLetters => Sent::DeadLetter,
+            };
+            let opaque = metrics::delivery_opaque(sent, r.cause_time);
             let targets: Vec<Option<i32>> = match r.route {
                 Route::ByKey => vec![None],
                 Route::Partition(p) => vec![Some(p as i32)],
@@ -703,7 +903,8 @@ impl Engine {
                     .collect(),
             };
             for partition in targets {
-                let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
+                let mut record: BaseRecord<[u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(topic, opaque);
                 record.key = r.key.as_deref();
                 record.payload = r.value.as_deref();
                 record.partition = partition;
@@ -830,8 +1031,10 @@ impl Engine {
     ) -> Result<(), RuntimeError> {
         if !self.dirty {
             self.last_commit = Instant::now();
+            self.update_gauges();
             return Ok(());
         }
+        let started = Instant::now();
         // 1.
         let mut out = Vec::new();
         for slot in self.order.values_mut() {
@@ -874,7 +1077,7 @@ impl Engine {
                 .send_offsets_to_transaction(&offsets, &group, ack_timeout)?;
             self.producer.commit_transaction(ack_timeout)?;
         }
-        let flush_ms = flush_started.elapsed().as_millis();
+        let flush = flush_started.elapsed();
         let write_started = Instant::now();
         // 5.
         for slot in self.order.values_mut() {
@@ -885,13 +1088,7 @@ impl Engine {
             slot.task.commit()?;
             slot.processed_since_commit = 0;
         }
-        tracing::debug!(
-            flush_ms,
-            write_ms = write_started.elapsed().as_millis(),
-            since_last_ms = self.last_commit.elapsed().as_millis(),
-            processed = self.report.processed_this_run,
-            "committed"
-        );
+        let write = write_started.elapsed();
         // 6.
         if self.transactional {
             self.producer.begin_transaction()?;
@@ -903,7 +1100,46 @@ impl Engine {
         }
         self.dirty = false;
         self.last_commit = Instant::now();
+        self.status.metrics.emit(Occurrence::Committed {
+            duration: started.elapsed(),
+            flush,
+            write,
+            processed: self.report.processed_this_run,
+        });
+        self.update_gauges();
         Ok(())
+    }
+
+    /// Sets the gauges that describe the tasks (stream time per stage, active reservations),
+    /// at most once per second: counting reservations walks each task's timer index.
+    fn update_gauges(&mut self) {
+        if self
+            .last_gauges
+            .is_some_and(|at| at.elapsed() < GAUGE_INTERVAL)
+        {
+            return;
+        }
+        self.last_gauges = Some(Instant::now());
+        let metrics = &self.status.metrics;
+        let known = |t: Millis| (t != Millis::MIN).then_some(t);
+        let order_time = self
+            .order
+            .values()
+            .filter_map(|s| known(s.task.meta().stream_time))
+            .min();
+        let sku_time = self
+            .sku
+            .values()
+            .filter_map(|s| known(s.task.meta().stream_time))
+            .min();
+        metrics.set_stream_time("order", order_time);
+        metrics.set_stream_time("sku", sku_time);
+        metrics.set_active_reservations(
+            self.order
+                .values()
+                .map(|s| s.task.active_reservations())
+                .sum(),
+        );
     }
 
     /// Every task's next input offsets, as the group stores them.
@@ -1050,7 +1286,7 @@ fn start_of(start: &kafka::EndOffsets, topic: &str, p: u32) -> i64 {
 fn open_db(
     config: &Config,
     state_root: &std::path::Path,
-    progress: &Progress,
+    status: &Status,
     report: &mut RestoreReport,
     stage: Stage,
     p: u32,
@@ -1058,22 +1294,29 @@ fn open_db(
     let dir = state_root.join(format!("{}-{p}", stage.name()));
     let mut db = TaskDb::open(&dir, stage.stores(), &StateOptions::from_config(config))?;
     if !config.state.changelog {
+        status.queries.add(stage, p, db.reader());
         return Ok((db, None));
     }
     let started = Instant::now();
-    if progress.restoring_tasks.fetch_add(1, Ordering::AcqRel) == 0 {
+    if status.restoring_tasks.fetch_add(1, Ordering::AcqRel) == 0 {
         tracing::info!("not ready: restoring tasks");
     }
+    status.set_ready();
     let last_log = std::cell::Cell::new(Instant::now());
+    let last_applied = std::cell::Cell::new(0);
     let restored = changelog::restore(
         config,
         stage,
         p,
         &mut db,
         &|applied: u64, remaining: u64| {
-            progress
-                .restore_remaining
-                .store(remaining, Ordering::Relaxed);
+            status.restore_remaining.store(remaining, Ordering::Relaxed);
+            status.metrics.emit(Occurrence::Restoring {
+                applied: applied.saturating_sub(last_applied.replace(applied)),
+                remaining,
+            });
+            // A restore runs inside the rebalance callback: it is the loop's work for now.
+            status.beat();
             if last_log.get().elapsed() >= RESTORE_LOG_INTERVAL {
                 last_log.set(Instant::now());
                 tracing::info!(
@@ -1086,11 +1329,17 @@ fn open_db(
             }
         },
     );
-    if progress.restoring_tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if status.restoring_tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
         tracing::info!("ready: every assigned task is restored");
     }
+    status.set_ready();
     let restored = restored?;
-    progress
+    status.metrics.emit(Occurrence::Restoring {
+        applied: restored.applied.saturating_sub(last_applied.get()),
+        remaining: 0,
+    });
+    status.queries.add(stage, p, db.reader());
+    status
         .restore_applied
         .fetch_add(restored.applied, Ordering::Relaxed);
     let elapsed = started.elapsed();
@@ -1171,7 +1420,7 @@ fn send_changelog_record(
     value: Option<&[u8]>,
 ) -> Result<(), RuntimeError> {
     let value = changelog::encode_value(value);
-    let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
+    let mut record: BaseRecord<[u8], [u8], usize> = BaseRecord::with_opaque_to(topic, 0);
     record.key = Some(key);
     record.payload = value.as_deref();
     record.partition = Some(partition);
@@ -1207,7 +1456,8 @@ fn send_checkpoint(
         base: cl.base.clone(),
     };
     let value = postcard::to_stdvec(&checkpoint).map_err(StateError::Encode)?;
-    let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(names.changelog(stage, Store::Meta));
+    let mut record: BaseRecord<[u8], [u8], usize> =
+        BaseRecord::with_opaque_to(names.changelog(stage, Store::Meta), 0);
     record.key = Some(changelog::CHECKPOINT_KEY);
     record.payload = Some(&value);
     record.partition = Some(partition);
@@ -1246,7 +1496,7 @@ fn stage_positions(
 /// Hands one record to librdkafka, serving delivery reports while its queue is full.
 fn send(
     producer: &BaseProducer<Acks>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
+    mut record: BaseRecord<'_, [u8], [u8], usize>,
 ) -> Result<(), RuntimeError> {
     loop {
         match producer.send(record) {
@@ -1271,6 +1521,13 @@ fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .set("enable.partition.eof", "false");
+    if config.metrics.enabled {
+        // The statistics carry each partition's high watermark: the consumer-lag gauge.
+        c.set(
+            "statistics.interval.ms",
+            config.metrics.lag_interval_ms.to_string(),
+        );
+    }
     for (k, v) in &config.kafka.properties {
         c.set(k, v);
     }
@@ -1331,6 +1588,9 @@ const END_OFFSET_REFRESH: Duration = Duration::from_millis(200);
 /// How long that question may take.
 const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the task gauges are set at most.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often a long restore logs its progress.
 const RESTORE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -1344,9 +1604,9 @@ pub fn run(
     config: &Config,
     mode: Mode,
     shutdown: Shutdown,
-    progress: Arc<Progress>,
+    status: Arc<Status>,
 ) -> Result<RunReport, RuntimeError> {
-    run_from(config, mode, None, shutdown, progress)
+    run_from(config, mode, None, shutdown, status)
 }
 
 /// `run`, with tasks that have processed nothing (no local state, no checkpoint in their
@@ -1359,7 +1619,7 @@ pub fn run_from(
     mode: Mode,
     start: Option<kafka::EndOffsets>,
     shutdown: Shutdown,
-    progress: Arc<Progress>,
+    status: Arc<Status>,
 ) -> Result<RunReport, RuntimeError> {
     let started = Instant::now();
     let names = TopicNames::from_config(config);
@@ -1367,7 +1627,13 @@ pub fn run_from(
     let mut all = names.inputs();
     all.extend(names.outputs());
     let partitions = kafka::partition_counts(config, &all)?;
-    let codec = Codec::new()?;
+    let codec = Codec::from_config(config)?;
+    let mut produced = names.outputs().to_vec();
+    produced.push(&names.sku_commands);
+    status.metrics.declare(&names.inputs(), &produced);
+    status
+        .queries
+        .set_layout(layout.order_partitions, layout.sku_partitions);
     let start = match start {
         Some(s) => Some(s),
         None => group_offsets(config, &names)?,
@@ -1392,7 +1658,8 @@ pub fn run_from(
         producer_config.set("transactional.id", id);
     }
     // The acknowledgements' offsets tell each checkpoint where its batch ends.
-    let producer: BaseProducer<Acks> = producer_config.create_with_context(Acks::tracking_ends())?;
+    let producer: BaseProducer<Acks> =
+        producer_config.create_with_context(Acks::observed(status.metrics.clone()))?;
     if transactional {
         // Fences any earlier producer with this id (a zombie of this instance) and aborts
         // whatever transaction it left open.
@@ -1417,7 +1684,8 @@ pub fn run_from(
         start_offsets: start,
         last_commit: Instant::now(),
         dirty: false,
-        progress,
+        status: status.clone(),
+        last_gauges: None,
         report: RunReport::default(),
         processing_started: None,
         fatal: None,
@@ -1469,6 +1737,7 @@ pub fn run_from(
             if shutdown.requested() {
                 break;
             }
+            status.beat();
             // Poll without the lock: a rebalance callback inside poll takes it.
             batch.clear();
             let mut timeout = wait;
@@ -1500,8 +1769,19 @@ pub fn run_from(
                 return Err(e);
             }
             let polled = batch.len();
+            let mut consumed = [0u64; order_stage::INPUTS + sku_stage::INPUTS];
             for record in batch.drain(..) {
+                consumed[match record.slot {
+                    InputSlot::Order(rank) => rank,
+                    InputSlot::Sku(input) => order_stage::INPUTS + input,
+                }] += 1;
                 engine.push(&consumer, record)?;
+            }
+            let inputs = names.order_inputs().into_iter().chain(names.sku_inputs());
+            for (topic, records) in inputs.zip(consumed) {
+                if records > 0 {
+                    status.metrics.emit(Occurrence::Consumed { topic, records });
+                }
             }
             let processed = engine.run_tasks(&consumer)?;
             tracing::trace!(polled, processed, "round");
@@ -1548,8 +1828,7 @@ pub fn run_from(
             other => other,
         })?;
         engine.collect_report()?;
-        engine.order.clear();
-        engine.sku.clear();
+        engine.close_all();
         let mut report = engine.report.clone();
         report.elapsed = engine.processing_started.unwrap_or(started).elapsed();
         report

@@ -2,7 +2,7 @@
 //! driver): records for the output topics, the repartition topic and the dead-letter topic.
 //! It owns the dead-letter format; it never sends anything itself.
 
-use crate::event::Millis;
+use crate::event::{AlertKind, Millis};
 
 /// The logical topics a task writes to; the runtime maps them to configured names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +36,8 @@ pub struct OutRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Event time of what caused the record, for end-to-end latency.
     pub cause_time: Option<Millis>,
+    /// The alert's kind, on an oversell alert: its delivery counts and logs by kind.
+    pub alert: Option<AlertKind>,
 }
 
 impl OutRecord {
@@ -48,6 +50,7 @@ impl OutRecord {
             value: Some(value),
             headers: Vec::new(),
             cause_time: Some(cause_time),
+            alert: None,
         }
     }
 }
@@ -120,6 +123,7 @@ pub fn dead_letter(
             ("offset".into(), origin.offset.to_string().into_bytes()),
         ],
         cause_time: None,
+        alert: None,
     }
 }
 

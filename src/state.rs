@@ -162,7 +162,8 @@ impl StateOptions {
 
 /// One task's RocksDB with its uncommitted writes.
 pub struct TaskDb {
-    db: DB,
+    /// Shared with the readers that answer state queries while the task runs.
+    db: std::sync::Arc<DB>,
     stores: Vec<Store>,
     /// Uncommitted writes per store: Some(value) is a put, None a delete.
     overlay: HashMap<Store, HashMap<Vec<u8>, Option<Vec<u8>>>>,
@@ -196,12 +197,25 @@ impl TaskDb {
             DB::open_cf_descriptors(&db_opts, dir, cfs)?
         };
         Ok(TaskDb {
-            db,
+            db: std::sync::Arc::new(db),
             stores: stores.to_vec(),
             overlay: stores.iter().map(|s| (*s, HashMap::new())).collect(),
             fresh: Default::default(),
             sync_commits: opts.sync_commits,
         })
+    }
+
+    /// A view of this database's committed state only (this handle's uncommitted writes are
+    /// not in it), for reading from another thread while the task goes on. It must only read:
+    /// a commit through it would write behind the task's back.
+    pub fn reader(&self) -> TaskDb {
+        TaskDb {
+            db: self.db.clone(),
+            stores: self.stores.clone(),
+            overlay: self.stores.iter().map(|s| (*s, HashMap::new())).collect(),
+            fresh: Default::default(),
+            sync_commits: self.sync_commits,
+        }
     }
 
     fn cf(&self, store: Store) -> Result<&rocksdb::ColumnFamily, StateError> {

@@ -162,7 +162,7 @@ pub fn read_output(
     config: &Config,
     output: &str,
 ) -> Result<Result<PerKey, Difference>, VerifyError> {
-    let codec = Codec::new()?;
+    let codec = Codec::from_config(config)?;
     let names = TopicNames::from_config(config);
     let topic = topic_of(&names, output);
     let mut per_key = PerKey::new();

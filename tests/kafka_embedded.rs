@@ -12,7 +12,7 @@ use orderfold::config::Config;
 use orderfold::inspect::LocalState;
 use orderfold::kafka::ClientError;
 use orderfold::kafka::{self, TopicNames};
-use orderfold::runtime::{self, Mode, Progress, RuntimeError, Shutdown};
+use orderfold::runtime::{self, Mode, RuntimeError, Shutdown, Status};
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -35,7 +35,7 @@ fn run_until_end(config: &Config) -> Result<runtime::RunReport, RuntimeError> {
         config,
         Mode::UntilEnd,
         Shutdown::default(),
-        Arc::new(Progress::default()),
+        Arc::new(Status::unobserved().unwrap()),
     )
 }
 
@@ -130,7 +130,7 @@ fn a_refused_output_stops_the_run_and_commits_nothing_of_its_batch() {
         &config,
         Mode::Live,
         Shutdown::default(),
-        Arc::new(Progress::default()),
+        Arc::new(Status::unobserved().unwrap()),
     )
     .expect_err("a run whose outputs are refused must fail");
     // Refused in the delivery report, or at the next send once the idempotent producer has

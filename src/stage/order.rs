@@ -154,6 +154,21 @@ fn timer_key(at: Millis, kind: u8, order_id: &str) -> Vec<u8> {
     k
 }
 
+/// One order with its tracking as `db` holds it: what `inspect order` prints and
+/// `/state/order/{order_id}` answers. None when the task knows neither.
+pub fn order_view(db: &TaskDb, order_id: &str) -> Result<Option<OrderView>, TaskError> {
+    let order: Option<Order> = db.get(Store::Orders, order_id.as_bytes())?;
+    let tracking: Option<Tracking> = db.get(Store::Tracking, order_id.as_bytes())?;
+    if order.is_none() && tracking.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(OrderView {
+        order_id: order_id.to_string(),
+        order,
+        tracking,
+    }))
+}
+
 /// Every order of `tasks` with its tracking, in order_id order.
 pub fn orders_of(tasks: &[OrderTask]) -> Result<Vec<OrderView>, TaskError> {
     let mut all = Vec::new();
@@ -662,6 +677,7 @@ impl OrderTask {
                 value: Some(self.codec.encode(&watermark)?),
                 headers: Vec::new(),
                 cause_time: None,
+                alert: None,
             });
             self.meta.published_watermark = Some(mark);
         }
@@ -703,6 +719,19 @@ impl OrderTask {
             b.clear();
         }
         Ok(())
+    }
+
+    /// Unpaid orders holding stock: the reservation timers that have not fired. Counts the
+    /// in-memory timer index, so call it per commit, not per record.
+    pub fn active_reservations(&self) -> u64 {
+        self.timers
+            .iter()
+            .filter(|k| k.get(8) == Some(&TIMER_RESERVATION))
+            .count() as u64
+    }
+
+    pub fn order_view(&self, order_id: &str) -> Result<Option<OrderView>, TaskError> {
+        order_view(&self.db, order_id)
     }
 
     pub fn order(&self, order_id: &str) -> Result<Option<Order>, TaskError> {

@@ -146,6 +146,34 @@ pub struct SkuView {
     pub reservations: BTreeMap<String, Reservation>,
 }
 
+/// One SKU's view as `db` holds it: what `inspect sku` prints and `/state/sku/{sku}` answers.
+pub fn sku_view(db: &TaskDb, sku: &str) -> Result<Option<SkuView>, TaskError> {
+    let Some(state) = db.get::<Sku>(Store::Skus, sku.as_bytes())? else {
+        return Ok(None);
+    };
+    let mut prefix = Vec::new();
+    key::push_str(&mut prefix, sku);
+    let reservations = db
+        .scan_typed::<StoredReservation>(Store::Reservations, &prefix)?
+        .into_iter()
+        .map(|(k, r)| {
+            (
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                r.reservation,
+            )
+        })
+        .collect();
+    Ok(Some(SkuView {
+        sku: sku.to_string(),
+        on_hand: state.on_hand(),
+        reserved: state.reserved,
+        available: state.available(),
+        on_hand_by_warehouse: state.on_hand_by_warehouse,
+        net_sold: state.net_sold,
+        reservations,
+    }))
+}
+
 /// Every SKU of `tasks`, in sku order: the stage's whole state, as `inspect` and tests see it.
 pub fn skus_of(tasks: &[SkuTask]) -> Result<Vec<SkuView>, TaskError> {
     let mut all = Vec::new();
@@ -411,12 +439,14 @@ impl SkuTask {
             .entry(alert.kind.label().to_string())
             .or_default() += 1;
         let value = self.codec.encode(&alert)?;
-        out.push(OutRecord::keyed(
+        let mut record = OutRecord::keyed(
             OutTopic::OversellAlerts,
             &alert.sku,
             value,
             alert.occurred_at,
-        ));
+        );
+        record.alert = Some(alert.kind);
+        out.push(record);
         Ok(())
     }
 
@@ -529,31 +559,7 @@ impl SkuTask {
 
     /// One SKU's view, if it has any state.
     pub fn sku_view(&self, sku: &str) -> Result<Option<SkuView>, TaskError> {
-        let Some(state) = self.db.get::<Sku>(Store::Skus, sku.as_bytes())? else {
-            return Ok(None);
-        };
-        let mut prefix = Vec::new();
-        key::push_str(&mut prefix, sku);
-        let reservations = self
-            .db
-            .scan_typed::<StoredReservation>(Store::Reservations, &prefix)?
-            .into_iter()
-            .map(|(k, r)| {
-                (
-                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
-                    r.reservation,
-                )
-            })
-            .collect();
-        Ok(Some(SkuView {
-            sku: sku.to_string(),
-            on_hand: state.on_hand(),
-            reserved: state.reserved,
-            available: state.available(),
-            on_hand_by_warehouse: state.on_hand_by_warehouse,
-            net_sold: state.net_sold,
-            reservations,
-        }))
+        sku_view(&self.db, sku)
     }
 
     /// Every SKU's view, in sku order.
