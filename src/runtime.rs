@@ -126,6 +126,8 @@ pub struct Status {
     pub restore_remaining: AtomicU64,
     /// The group has answered with an assignment (a bounded run assigns itself at start).
     pub assigned: AtomicBool,
+    /// An assignment's tasks are being opened (and restored) now.
+    pub opening: AtomicBool,
     /// When the poll loop last went round or a restore last moved, in ms since the epoch:
     /// `/healthz` fails when it is too old.
     pub heartbeat_ms: AtomicU64,
@@ -142,6 +144,7 @@ impl Status {
             restore_applied: AtomicU64::new(0),
             restore_remaining: AtomicU64::new(0),
             assigned: AtomicBool::new(false),
+            opening: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(now_ms().max(0) as u64),
             metrics: Arc::new(metrics),
             queries: Queries::default(),
@@ -153,10 +156,10 @@ impl Status {
         Ok(Status::new(Metrics::new(false)?))
     }
 
-    /// Ready: the group has assigned this instance its partitions (possibly none) and no
-    /// assigned task is restoring.
+    /// Ready: the group has assigned this instance its partitions (possibly none) and every
+    /// assigned task is open and restored.
     pub fn ready(&self) -> bool {
-        self.assigned.load(Ordering::Acquire) && self.restoring_tasks.load(Ordering::Acquire) == 0
+        self.not_ready_because().is_none()
     }
 
     /// Why the instance is not ready, or None when it is.
@@ -165,12 +168,15 @@ impl Status {
             return Some("waiting for the group to assign partitions".into());
         }
         let restoring = self.restoring_tasks.load(Ordering::Acquire);
-        (restoring > 0).then(|| {
-            format!(
+        if restoring > 0 {
+            return Some(format!(
                 "restoring {restoring} task(s) from their changelogs, {} records to go in the current one",
                 self.restore_remaining.load(Ordering::Relaxed)
-            )
-        })
+            ));
+        }
+        self.opening
+            .load(Ordering::Acquire)
+            .then(|| "opening the assigned tasks".to_string())
     }
 
     /// Milliseconds since the loop last went round.
@@ -386,6 +392,16 @@ impl Engine {
     /// Creates the tasks of a new assignment and sets each partition's start to the offset in
     /// the task's RocksDB, not the group's: the state says what has been applied.
     fn open_tasks(&mut self, tpl: &mut TopicPartitionList) -> Result<(), RuntimeError> {
+        // The group has answered; the instance is ready once every task below is open.
+        self.status.assigned.store(true, Ordering::Release);
+        self.status.opening.store(true, Ordering::Release);
+        let opened = self.open_assigned(tpl);
+        self.status.opening.store(false, Ordering::Release);
+        self.rebalanced("assigned");
+        opened
+    }
+
+    fn open_assigned(&mut self, tpl: &mut TopicPartitionList) -> Result<(), RuntimeError> {
         let mut starts = Vec::new();
         for e in tpl.elements() {
             let (topic, p) = (e.topic().to_string(), e.partition());
@@ -406,7 +422,6 @@ impl Engine {
             tpl.set_partition_offset(&topic, p, Offset::Offset(next))?;
             self.paused.remove(&(topic, p));
         }
-        self.status.assigned.store(true, Ordering::Release);
         self.rebalanced("assigned");
         tracing::info!(
             order_tasks = ?self.order.keys().collect::<Vec<_>>(),

@@ -56,6 +56,9 @@ pub fn config(
     c.topics.order_partitions = order_partitions;
     c.topics.sku_partitions = sku_partitions;
     c.runtime.wall_clock_advance = false;
+    // Instances of parallel tests would all want the default port; a test that scrapes or
+    // queries one sets ORDERFOLD_HTTP_BIND to a free port.
+    c.http.bind = String::new();
     c
 }
 
