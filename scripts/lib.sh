@@ -27,7 +27,8 @@ apt_install() {
     APT_UPDATED=1
   fi
   log "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # APT_OPTS adds options (scripts/test installs Prometheus without its recommends).
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ${APT_OPTS:-} "${missing[@]}" >/dev/null
 }
 
 ensure_build_deps() {

@@ -239,6 +239,41 @@ fn every_metric_family_is_exported_after_a_short_run() {
         found.contains("orderfold_ready 1"),
         "not ready after the run"
     );
+    // The dashboard and the alert rules only use families orderfold exports.
+    for file in [
+        "config/grafana/orderfold.json",
+        "config/prometheus/alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(broker::process::repo().join(file)).unwrap();
+        for name in metric_names(&text) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                found.contains(&format!("# TYPE {family} ")),
+                "{file} uses {name}, which /metrics does not export"
+            );
+        }
+    }
+}
+
+/// Every `orderfold_...` or `process_...` metric name in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    for prefix in ["orderfold_", "process_"] {
+        for (at, _) in text.match_indices(prefix) {
+            if at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_') {
+                continue;
+            }
+            let end = text[at..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(text.len(), |n| at + n);
+            names.insert(text[at..end].to_string());
+        }
+    }
+    names
 }
 
 #[test]
