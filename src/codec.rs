@@ -247,7 +247,7 @@ impl Codec {
             };
             let number = id.parse::<u32>().map_err(|e| file_error(e.to_string()))?;
             let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-            let schema = id_schema(&codec, &text)?;
+            let (_, schema) = id_schema(&codec, &text)?;
             codec.by_id_mut().insert(number, Arc::new(schema));
         }
         if !avro.schema_registry_url.is_empty() {
@@ -320,38 +320,24 @@ impl Codec {
                 },
             );
         }
-        for text in writer_schemas {
-            let writer = leak_schema(text, "writer schema")?;
-            let full_name = match writer {
-                Schema::Record(r) => r.name.fullname(None),
-                _ => return Err(SchemaError::UnknownRecord(writer.canonical_form())),
-            };
-            let kind = RecordKind::ALL
-                .into_iter()
-                .find(|k| k.full_name() == full_name)
-                .ok_or_else(|| SchemaError::UnknownRecord(full_name.clone()))?;
-            let reader_schema = leak_schema(kind.schema_text(), kind.full_name())?;
-            let fp = fingerprint(writer);
-            let reader = GenericDatumReader::builder(writer)
-                .reader_schema(reader_schema)
-                .human_readable(false)
-                .build()
-                .map_err(|e| schema_error(&full_name, e))?;
-            kind_by_fingerprint.insert(fp, kind);
-            if let Some(entry) = entries.get_mut(&kind) {
-                if entry.fingerprint != fp {
-                    entry.evolved.insert(fp, Evolved { reader });
-                }
-            }
-        }
-        Ok(Codec {
+        let mut codec = Codec {
             entries,
             kind_by_fingerprint,
             by_id: RwLock::new(HashMap::new()),
             unknown_ids: Mutex::new(HashSet::new()),
             registry: None,
             output_ids: HashMap::new(),
-        })
+        };
+        for text in writer_schemas {
+            let (fp, schema) = id_schema(&codec, text)?;
+            codec.kind_by_fingerprint.insert(fp, schema.kind);
+            if let (Some(evolved), Some(entry)) =
+                (schema.evolved, codec.entries.get_mut(&schema.kind))
+            {
+                entry.evolved.insert(fp, evolved);
+            }
+        }
+        Ok(codec)
     }
 
     /// Makes sure the schema id of a Confluent-framed record is known, asking the registry
@@ -366,7 +352,9 @@ impl Codec {
             return Ok(());
         }
         let found = match registry.schema(id) {
-            Ok(text) => id_schema(self, &text).map_err(|e| e.to_string()),
+            Ok(text) => id_schema(self, &text)
+                .map(|(_, schema)| schema)
+                .map_err(|e| e.to_string()),
             Err(RegistryError::NotFound { .. }) => Err("not in the registry".to_string()),
             Err(e) => return Err(e),
         };
@@ -534,9 +522,9 @@ pub fn reframe_confluent(single_object: &[u8], id: u32) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The schema behind an id: matched to our record by its full name, read through resolution
-/// unless it is our own schema.
-fn id_schema(codec: &Codec, text: &str) -> Result<IdSchema, SchemaError> {
+/// A writer schema's fingerprint and how to read it: matched to our record by its full name,
+/// read through resolution unless it is our own schema.
+fn id_schema(codec: &Codec, text: &str) -> Result<([u8; 8], IdSchema), SchemaError> {
     let writer = leak_schema(text, "writer schema")?;
     let full_name = match writer {
         Schema::Record(r) => r.name.fullname(None),
@@ -546,11 +534,15 @@ fn id_schema(codec: &Codec, text: &str) -> Result<IdSchema, SchemaError> {
         .into_iter()
         .find(|k| k.full_name() == full_name)
         .ok_or_else(|| SchemaError::UnknownRecord(full_name.clone()))?;
-    if fingerprint(writer) == codec.entry(kind).fingerprint {
-        return Ok(IdSchema {
-            kind,
-            evolved: None,
-        });
+    let fp = fingerprint(writer);
+    if fp == codec.entry(kind).fingerprint {
+        return Ok((
+            fp,
+            IdSchema {
+                kind,
+                evolved: None,
+            },
+        ));
     }
     let reader_schema = leak_schema(kind.schema_text(), kind.full_name())?;
     let reader = GenericDatumReader::builder(writer)
@@ -558,10 +550,13 @@ fn id_schema(codec: &Codec, text: &str) -> Result<IdSchema, SchemaError> {
         .human_readable(false)
         .build()
         .map_err(|e| schema_error(&full_name, e))?;
-    Ok(IdSchema {
-        kind,
-        evolved: Some(Evolved { reader }),
-    })
+    Ok((
+        fp,
+        IdSchema {
+            kind,
+            evolved: Some(Evolved { reader }),
+        },
+    ))
 }
 
 fn split_header(bytes: &[u8]) -> Result<([u8; 8], &[u8]), DecodeError> {

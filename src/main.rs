@@ -212,6 +212,9 @@ enum BenchPhase {
     Live,
     /// Restore speed and time-to-ready after a crash, on changelogs of `--keys` keys.
     Restore,
+    /// The cost of metrics: bounded passes with metrics on and off, alternating, on the
+    /// in-process mock cluster (the cost is the client's CPU; --config is not used).
+    Metrics,
 }
 
 #[derive(Subcommand)]
@@ -460,6 +463,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.phase == BenchPhase::Metrics {
+        return bench_metrics(args);
+    }
     let mut config = load_config(args.config.as_ref())?;
     let tag = format!(
         "bench{}",
@@ -467,18 +473,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
     );
-    let t = &mut config.topics;
-    for name in [
-        &mut t.orders,
-        &mut t.payments,
-        &mut t.logistics,
-        &mut t.inventory,
-        &mut t.reservation_expiry,
-        &mut t.tracking_status,
-        &mut t.oversell_alerts,
-    ] {
-        *name = format!("{name}-{tag}");
-    }
+    suffix_topics(&mut config, &tag);
     config.kafka.application_id = format!("{}-{tag}", config.kafka.application_id);
     let state = tempfile::tempdir()?;
     config.state.dir = state.path().to_path_buf();
@@ -552,6 +547,105 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         result["orderfold"] = serde_json::to_value(&ours)?;
     }
     println!("{result}");
+    Ok(())
+}
+
+/// Gives every external topic of `config` the suffix `-{tag}`, so a benchmark pass starts on
+/// empty topics of its own.
+fn suffix_topics(config: &mut Config, tag: &str) {
+    let t = &mut config.topics;
+    for name in [
+        &mut t.orders,
+        &mut t.payments,
+        &mut t.logistics,
+        &mut t.inventory,
+        &mut t.reservation_expiry,
+        &mut t.tracking_status,
+        &mut t.oversell_alerts,
+    ] {
+        *name = format!("{name}-{tag}");
+    }
+}
+
+/// Passes of the same log with metrics on and off in turn (on, off, on, off, ...), each on fresh
+/// topics and state of one mock cluster, so drift over the run falls on both sides equally.
+/// Reports the median of each side and their ratio.
+fn bench_metrics(args: &BenchArgs) -> anyhow::Result<()> {
+    const PASSES_PER_SIDE: usize = 3;
+    let spec = WorkloadSpec {
+        seed: args.seed,
+        orders: args.orders,
+        ..WorkloadSpec::default()
+    };
+    let records = generate(&spec);
+    let cluster = MockCluster::new(1).context("starting the mock cluster")?;
+    eprintln!(
+        "metrics cost: {} events, {PASSES_PER_SIDE} passes each with metrics on and off, 4 + 4 partitions, mock cluster",
+        records.len()
+    );
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for pass in 0..2 * PASSES_PER_SIDE {
+        let enabled = pass % 2 == 0;
+        let state = tempfile::tempdir()?;
+        let mut config = Config::default();
+        config.kafka.bootstrap_servers = cluster.bootstrap_servers();
+        config.kafka.application_id = format!("metrics-bench-{pass}");
+        config.state.dir = state.path().to_path_buf();
+        config.runtime.wall_clock_advance = false;
+        config.metrics.enabled = enabled;
+        config.http.bind = String::new();
+        suffix_topics(&mut config, &pass.to_string());
+        for t in kafka::topic_specs(&config) {
+            cluster.create_topic(&t.name, t.partitions as i32, 1)?;
+        }
+        let ends = publish(&config, &records, None, false)?;
+        let m = orderfold::bench::orderfold(&config, &ends)?;
+        eprintln!(
+            "metrics {:<3} {:>9.0} events/s  {:.2} CPU-s per million",
+            if enabled { "on" } else { "off" },
+            m.events_per_sec(),
+            m.cpu_seconds_per_million()
+        );
+        if enabled {
+            on.push(m);
+        } else {
+            off.push(m);
+        }
+    }
+    let median = |ms: &[orderfold::bench::Measured], f: fn(&orderfold::bench::Measured) -> f64| {
+        let mut v: Vec<f64> = ms.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on_rate, off_rate) = (
+        median(&on, |m| m.events_per_sec()),
+        median(&off, |m| m.events_per_sec()),
+    );
+    let (on_cpu, off_cpu) = (
+        median(&on, |m| m.cpu_seconds_per_million()),
+        median(&off, |m| m.cpu_seconds_per_million()),
+    );
+    eprintln!(
+        "metrics on / off: throughput {:.3} (median {on_rate:.0} vs {off_rate:.0} events/s), \
+         CPU per event {:.3} ({on_cpu:.2} vs {off_cpu:.2} CPU-s per million)",
+        on_rate / off_rate.max(1e-9),
+        on_cpu / off_cpu.max(1e-9)
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "events": records.len(),
+            "on_events_per_sec": on_rate,
+            "off_events_per_sec": off_rate,
+            "throughput_ratio": on_rate / off_rate.max(1e-9),
+            "on_cpu_seconds_per_million": on_cpu,
+            "off_cpu_seconds_per_million": off_cpu,
+            "cpu_ratio": on_cpu / off_cpu.max(1e-9),
+            "on": on,
+            "off": off,
+        })
+    );
     Ok(())
 }
 
@@ -847,9 +941,10 @@ fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own summary; the service logs what it does.
+    // The demo and the benchmark print their own summaries (the workload's malformed records
+    // would each log a dead letter); the service logs what it does.
     let default_level = match cli.command {
-        Command::Demo { .. } | Command::Bench(_) => "warn",
+        Command::Demo { .. } | Command::Bench(_) => "error",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -12,10 +12,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use orderfold::codec::{reframe_confluent, Codec, RecordKind};
+use orderfold::codec::{reframe_confluent, RecordKind};
 use orderfold::config::{Config, WireFormat};
 use orderfold::driver::topics;
-use orderfold::generate::Generated;
 use orderfold::inspect::LocalState;
 use orderfold::kafka::{self, TopicNames};
 use orderfold::runtime::{self, Mode, Shutdown, Status};
@@ -35,48 +34,6 @@ fn input_kind(topic: &str) -> Option<RecordKind> {
         topics::INVENTORY => Some(RecordKind::InventoryEvent),
         _ => None,
     }
-}
-
-/// The mock cluster with the config's topics and the workload produced, each record framed by
-/// `frame(index, driver topic, single-object bytes)`.
-fn produce_framed(
-    config: &Config,
-    records: &[Generated],
-    frame: impl Fn(usize, &str, Vec<u8>) -> Vec<u8>,
-) {
-    let codec = Codec::new().unwrap();
-    let names = TopicNames::from_config(config);
-    let encoded: Vec<_> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let value = r.encode(&codec).unwrap();
-            // A malformed record of the workload stays as it is.
-            let value = if codec.kind_of(&value).is_ok() {
-                frame(i, r.topic, value)
-            } else {
-                value
-            };
-            (
-                names.external(r.topic).unwrap().to_string(),
-                r.key.clone(),
-                value,
-            )
-        })
-        .collect();
-    kafka::produce_all(
-        config,
-        encoded.iter().map(|(t, k, v)| {
-            (
-                t.as_str(),
-                k.as_deref().map(str::as_bytes),
-                Some(v.as_slice()),
-            )
-        }),
-        None,
-        |_| {},
-    )
-    .unwrap();
 }
 
 fn cluster_config(
@@ -135,7 +92,7 @@ fn confluent_framed_input_decodes_to_the_same_events_as_single_object_input() {
     }
     let (_, records) = broker::workload(31, 2_000);
     // Every other record in Confluent framing: detection is per record.
-    produce_framed(&config, &records, |i, topic, value| {
+    broker::produce_framed(&config, &records, |i, topic, value| {
         if i % 2 == 0 {
             return value;
         }
@@ -241,7 +198,7 @@ fn schema_ids_resolve_through_a_registry_and_outputs_are_framed_with_registered_
     config.avro.schema_registry_url = url;
     config.avro.output_format = WireFormat::Confluent;
     let (_, records) = broker::workload(37, 1_500);
-    produce_framed(&config, &records, |_, topic, value| {
+    broker::produce_framed(&config, &records, |_, topic, value| {
         let id = id_of(input_kind(topic).unwrap(), &REGISTRY_IDS);
         reframe_confluent(&value, id).unwrap()
     });

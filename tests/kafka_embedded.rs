@@ -7,11 +7,10 @@ mod broker;
 
 use std::sync::Arc;
 
-use orderfold::codec::Codec;
 use orderfold::config::Config;
 use orderfold::inspect::LocalState;
+use orderfold::kafka;
 use orderfold::kafka::ClientError;
-use orderfold::kafka::{self, TopicNames};
 use orderfold::runtime::{self, Mode, RuntimeError, Shutdown, Status};
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
@@ -40,31 +39,7 @@ fn run_until_end(config: &Config) -> Result<runtime::RunReport, RuntimeError> {
 }
 
 fn produce(config: &Config, records: &[orderfold::generate::Generated]) {
-    let codec = Codec::new().unwrap();
-    let names = TopicNames::from_config(config);
-    let encoded: Vec<_> = records
-        .iter()
-        .map(|r| {
-            (
-                names.external(r.topic).unwrap().to_string(),
-                r.key.clone(),
-                r.encode(&codec).unwrap(),
-            )
-        })
-        .collect();
-    kafka::produce_all(
-        config,
-        encoded.iter().map(|(t, k, v)| {
-            (
-                t.as_str(),
-                k.as_deref().map(str::as_bytes),
-                Some(v.as_slice()),
-            )
-        }),
-        None,
-        |_| {},
-    )
-    .unwrap();
+    broker::produce_framed(config, records, |_, _, value| value);
 }
 
 #[test]

@@ -311,3 +311,45 @@ pub fn assert_same(actual: &Outcome, expected: &Outcome) {
         assert_eq!(a, e, "state of order {}", e.order_id);
     }
 }
+
+/// Produces the workload to the config's topics, each record framed by
+/// `frame(index, driver topic, single-object bytes)` (malformed records stay as they are).
+pub fn produce_framed(
+    config: &Config,
+    records: &[Generated],
+    frame: impl Fn(usize, &str, Vec<u8>) -> Vec<u8>,
+) {
+    let codec = Codec::new().unwrap();
+    let names = TopicNames::from_config(config);
+    let encoded: Vec<_> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let value = r.encode(&codec).unwrap();
+            // A malformed record of the workload stays as it is.
+            let value = if codec.kind_of(&value).is_ok() {
+                frame(i, r.topic, value)
+            } else {
+                value
+            };
+            (
+                names.external(r.topic).unwrap().to_string(),
+                r.key.clone(),
+                value,
+            )
+        })
+        .collect();
+    kafka::produce_all(
+        config,
+        encoded.iter().map(|(t, k, v)| {
+            (
+                t.as_str(),
+                k.as_deref().map(str::as_bytes),
+                Some(v.as_slice()),
+            )
+        }),
+        None,
+        |_| {},
+    )
+    .unwrap();
+}
