@@ -239,6 +239,8 @@ fn every_metric_family_is_exported_after_a_short_run() {
         found.contains("orderfold_ready 1"),
         "not ready after the run"
     );
+    let healthz = get(&format!("http://127.0.0.1:{port}/healthz")).unwrap();
+    assert_eq!((healthz.0, healthz.2.as_str()), (200, "ok\n"));
     // The dashboard and the alert rules only use families orderfold exports.
     for file in [
         "config/grafana/orderfold.json",

@@ -293,6 +293,13 @@ pub fn wait_assigned(log: &Receiver<String>, limit: Duration) -> Result<(), Stri
     })
 }
 
+/// Waits until a run's JSON log reports a new assignment, whatever it holds.
+pub fn wait_rebalanced(log: &Receiver<String>, limit: Duration) -> Result<(), String> {
+    wait_log(log, limit, "saw no rebalance", |fields| {
+        fields["message"] == "partitions assigned"
+    })
+}
+
 /// A run's JSON report, from the last line of its stdout.
 pub fn report(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
