@@ -49,6 +49,18 @@ pub struct Limits {
     pub dedup_purge_per_commit_max: usize,
     /// Changelog records a restore applies per RocksDB WriteBatch.
     pub restore_batch_records_max: usize,
+    /// Largest input record value read; a larger one is dead-lettered (`validation`) without
+    /// being decoded. 64 KiB holds an order of hundreds of lines; a buffer of
+    /// `buffer_records_max` records can then never outgrow 640 MB.
+    pub record_bytes_max: usize,
+    /// Lines an OrderPlaced may have; more is dead-lettered (`validation`). A cart of more
+    /// than 100 distinct SKUs is not a shopper.
+    pub order_lines_max: usize,
+    /// Bytes any string field of an input record may have (ids, currency, reasons, locations).
+    pub string_bytes_max: usize,
+    /// Largest quantity of an order line, a stock receipt or a stock count. Keeps stock sums
+    /// far from overflow: 1,000,000 per event is beyond any real movement.
+    pub quantity_max: i32,
 }
 
 impl Default for Limits {
@@ -59,6 +71,10 @@ impl Default for Limits {
             pending_commands_max: 200_000,
             dedup_purge_per_commit_max: 10_000,
             restore_batch_records_max: 20_000,
+            record_bytes_max: 64 * 1024,
+            order_lines_max: 100,
+            string_bytes_max: 1024,
+            quantity_max: 1_000_000,
         }
     }
 }
@@ -440,6 +456,10 @@ impl Config {
             || l.commit_records_max == 0
             || l.pending_commands_max == 0
             || l.restore_batch_records_max == 0
+            || l.record_bytes_max == 0
+            || l.order_lines_max == 0
+            || l.string_bytes_max == 0
+            || l.quantity_max <= 0
         {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
         }

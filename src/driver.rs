@@ -343,6 +343,7 @@ impl Driver {
     /// The largest occurred_at among valid input records: where a bounded run ends.
     pub fn end_of_input_time(&self) -> Millis {
         let mut end = Millis::MIN;
+        let bounds = crate::validate::Bounds::from_config(&self.config);
         for (rank, topic) in [topics::ORDERS, topics::PAYMENTS, topics::LOGISTICS]
             .iter()
             .enumerate()
@@ -350,6 +351,7 @@ impl Driver {
             for r in self.logs[*topic].iter().flatten() {
                 if let Ok(e) = order_stage::decode_input(
                     &self.codec,
+                    &bounds,
                     rank,
                     r.key.as_deref(),
                     r.value.as_deref(),
@@ -359,9 +361,12 @@ impl Driver {
             }
         }
         for r in self.logs[topics::INVENTORY].iter().flatten() {
-            if let Ok(e) =
-                sku_stage::decode_inventory(&self.codec, r.key.as_deref(), r.value.as_deref())
-            {
+            if let Ok(e) = sku_stage::decode_inventory(
+                &self.codec,
+                &bounds,
+                r.key.as_deref(),
+                r.value.as_deref(),
+            ) {
                 end = end.max(e.occurred_at);
             }
         }

@@ -1559,6 +1559,7 @@ fn capture_ends(
     start: Option<&kafka::EndOffsets>,
 ) -> Result<Ends, RuntimeError> {
     let consumer: BaseConsumer = kafka::client_config(config).create()?;
+    let bounds = crate::validate::Bounds::from_config(config);
     let mut offsets = BTreeMap::new();
     let counts = kafka::partition_counts(config, &names.inputs())?;
     // The command topic has no end: this run writes it. The SKU stage is done when every
@@ -1586,7 +1587,9 @@ fn capture_ends(
         if !within {
             continue;
         }
-        if let Ok(e) = sku_stage::decode_inventory(codec, r.key.as_deref(), r.value.as_deref()) {
+        if let Ok(e) =
+            sku_stage::decode_inventory(codec, &bounds, r.key.as_deref(), r.value.as_deref())
+        {
             inventory_max = inventory_max.max(e.occurred_at);
         }
     }
@@ -1642,6 +1645,9 @@ pub fn run_from(
     let mut all = names.inputs();
     all.extend(names.outputs());
     let partitions = kafka::partition_counts(config, &all)?;
+    // A length inside a record can claim any size; Avro may allocate no more than a whole
+    // record may hold (set once per process, before the first decode).
+    apache_avro::util::max_allocation_bytes(config.limits.record_bytes_max);
     let codec = Codec::from_config(config)?;
     let mut produced = names.outputs().to_vec();
     produced.push(&names.sku_commands);

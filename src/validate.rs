@@ -1,13 +1,79 @@
 //! The rule checks of DOMAIN.md that send a decoded record to the dead-letter topic with
-//! reason `validation`. It owns the list of rules; it runs before dedup, so a rejected record
-//! never burns its event id.
+//! reason `validation`, and the bounds of `[limits]` on a record's size, its strings, its lines
+//! and its quantities, which keep memory and arithmetic bounded whatever arrives. It owns the
+//! list of rules; it runs before dedup, so a rejected record never burns its event id.
 
 use crate::event::{
-    InventoryBody, InventoryEvent, LogisticsEvent, OrderBody, OrderEvent, PaymentEvent,
+    InventoryBody, InventoryEvent, LogisticsEvent, OrderBody, OrderEvent, PaymentBody, PaymentEvent,
 };
 
 /// A broken rule, described for the dead-letter `detail` header.
 pub type Violation = String;
+
+/// The config's bounds on one input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub record_bytes_max: usize,
+    pub order_lines_max: usize,
+    pub string_bytes_max: usize,
+    pub quantity_max: i32,
+}
+
+impl Bounds {
+    pub fn from_config(config: &crate::config::Config) -> Bounds {
+        let l = &config.limits;
+        Bounds {
+            record_bytes_max: l.record_bytes_max,
+            order_lines_max: l.order_lines_max,
+            string_bytes_max: l.string_bytes_max,
+            quantity_max: l.quantity_max,
+        }
+    }
+
+    /// Checked before a record is decoded, so an oversized one is never read.
+    pub fn record_size(&self, bytes: &[u8]) -> Result<(), Violation> {
+        if bytes.len() > self.record_bytes_max {
+            return Err(format!(
+                "record of {} bytes is over limits.record_bytes_max ({})",
+                bytes.len(),
+                self.record_bytes_max
+            ));
+        }
+        Ok(())
+    }
+
+    fn strings<'a>(
+        &self,
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), Violation> {
+        for (field, value) in fields {
+            if value.len() > self.string_bytes_max {
+                return Err(format!(
+                    "{field} of {} bytes is over limits.string_bytes_max ({})",
+                    value.len(),
+                    self.string_bytes_max
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn quantity(&self, field: &str, q: i32) -> Result<(), Violation> {
+        if q > self.quantity_max {
+            return Err(format!(
+                "{field} {q} is over limits.quantity_max ({})",
+                self.quantity_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds::from_config(&crate::config::Config::default())
+    }
+}
 
 fn non_empty(field: &str, value: &str) -> Result<(), Violation> {
     if value.is_empty() {
@@ -36,28 +102,55 @@ fn key_matches(field: &str, key: Option<&[u8]>, value: &str) -> Result<(), Viola
     }
 }
 
-pub fn order(key: Option<&[u8]>, e: &OrderEvent) -> Result<(), Violation> {
+pub fn order(key: Option<&[u8]>, e: &OrderEvent, b: &Bounds) -> Result<(), Violation> {
+    b.strings([("event_id", e.event_id.as_str()), ("order_id", &e.order_id)])?;
     non_empty("event_id", &e.event_id)?;
     non_empty("order_id", &e.order_id)?;
     key_matches("order_id", key, &e.order_id)?;
     positive_time(e.occurred_at)?;
-    if let OrderBody::OrderPlaced(p) = &e.body {
-        non_empty("user_id", &p.user_id)?;
-        non_empty("cart_id", &p.cart_id)?;
-        if p.lines.is_empty() {
-            return Err("order has no lines".into());
-        }
-        for (i, line) in p.lines.iter().enumerate() {
-            non_empty(&format!("lines[{i}].sku"), &line.sku)?;
-            if line.quantity <= 0 {
-                return Err(format!("lines[{i}].quantity {} <= 0", line.quantity));
+    match &e.body {
+        OrderBody::OrderPlaced(p) => {
+            b.strings([
+                ("user_id", p.user_id.as_str()),
+                ("cart_id", &p.cart_id),
+                ("currency", &p.currency),
+            ])?;
+            non_empty("user_id", &p.user_id)?;
+            non_empty("cart_id", &p.cart_id)?;
+            if p.lines.is_empty() {
+                return Err("order has no lines".into());
+            }
+            if p.lines.len() > b.order_lines_max {
+                return Err(format!(
+                    "order of {} lines is over limits.order_lines_max ({})",
+                    p.lines.len(),
+                    b.order_lines_max
+                ));
+            }
+            for (i, line) in p.lines.iter().enumerate() {
+                b.strings([("lines[].sku", line.sku.as_str())])?;
+                non_empty(&format!("lines[{i}].sku"), &line.sku)?;
+                if line.quantity <= 0 {
+                    return Err(format!("lines[{i}].quantity {} <= 0", line.quantity));
+                }
+                b.quantity(&format!("lines[{i}].quantity"), line.quantity)?;
             }
         }
+        OrderBody::OrderCancelled(c) => b.strings([("reason", c.reason.as_str())])?,
     }
     Ok(())
 }
 
-pub fn payment(key: Option<&[u8]>, e: &PaymentEvent) -> Result<(), Violation> {
+pub fn payment(key: Option<&[u8]>, e: &PaymentEvent, b: &Bounds) -> Result<(), Violation> {
+    b.strings([
+        ("event_id", e.event_id.as_str()),
+        ("order_id", &e.order_id),
+        ("payment_id", &e.payment_id),
+    ])?;
+    match &e.body {
+        PaymentBody::PaymentCaptured(c) => b.strings([("currency", c.currency.as_str())])?,
+        PaymentBody::PaymentFailed(f) => b.strings([("reason", f.reason.as_str())])?,
+    }
     non_empty("event_id", &e.event_id)?;
     non_empty("order_id", &e.order_id)?;
     non_empty("payment_id", &e.payment_id)?;
@@ -65,7 +158,14 @@ pub fn payment(key: Option<&[u8]>, e: &PaymentEvent) -> Result<(), Violation> {
     positive_time(e.occurred_at)
 }
 
-pub fn logistics(key: Option<&[u8]>, e: &LogisticsEvent) -> Result<(), Violation> {
+pub fn logistics(key: Option<&[u8]>, e: &LogisticsEvent, b: &Bounds) -> Result<(), Violation> {
+    b.strings([
+        ("event_id", e.event_id.as_str()),
+        ("order_id", &e.order_id),
+        ("shipment_id", &e.shipment_id),
+        ("location", e.location.as_deref().unwrap_or_default()),
+        ("detail", e.detail.as_deref().unwrap_or_default()),
+    ])?;
     non_empty("event_id", &e.event_id)?;
     non_empty("order_id", &e.order_id)?;
     non_empty("shipment_id", &e.shipment_id)?;
@@ -73,7 +173,12 @@ pub fn logistics(key: Option<&[u8]>, e: &LogisticsEvent) -> Result<(), Violation
     positive_time(e.occurred_at)
 }
 
-pub fn inventory(key: Option<&[u8]>, e: &InventoryEvent) -> Result<(), Violation> {
+pub fn inventory(key: Option<&[u8]>, e: &InventoryEvent, b: &Bounds) -> Result<(), Violation> {
+    b.strings([
+        ("event_id", e.event_id.as_str()),
+        ("sku", &e.sku),
+        ("warehouse_id", &e.warehouse_id),
+    ])?;
     non_empty("event_id", &e.event_id)?;
     non_empty("sku", &e.sku)?;
     non_empty("warehouse_id", &e.warehouse_id)?;
@@ -86,6 +191,7 @@ pub fn inventory(key: Option<&[u8]>, e: &InventoryEvent) -> Result<(), Violation
         InventoryBody::StockCounted(c) if c.on_hand < 0 => {
             Err(format!("StockCounted on_hand {} < 0", c.on_hand))
         }
-        _ => Ok(()),
+        InventoryBody::StockReceived(r) => b.quantity("StockReceived quantity", r.quantity),
+        InventoryBody::StockCounted(c) => b.quantity("StockCounted on_hand", c.on_hand),
     }
 }

@@ -972,3 +972,103 @@ fn accounting_closes_for_every_input() {
         (3, 1, 1)
     );
 }
+
+#[test]
+fn records_over_the_configured_limits_are_dead_lettered_and_the_rest_applied() {
+    let mut config = Config::default();
+    config.limits.record_bytes_max = 2_000;
+    config.limits.order_lines_max = 3;
+    config.limits.string_bytes_max = 40;
+    config.limits.quantity_max = 1_000;
+    let mut s = Scenario::with(1, config);
+    s.stock("A", "wh1", 500, T0);
+    let mut cases: Vec<(&str, OrderEvent)> = vec![
+        (
+            "lines_max",
+            Scenario::placed_event(
+                "l1",
+                "o-l1",
+                &[("A", 1), ("B", 1), ("C", 1), ("D", 1)],
+                T0 + 1,
+            ),
+        ),
+        (
+            "quantity_max",
+            Scenario::placed_event("l2", "o-l2", &[("A", 1_001)], T0 + 1),
+        ),
+        (
+            "string_bytes_max",
+            Scenario::placed_event("l3", &"o".repeat(41), &[("A", 1)], T0 + 1),
+        ),
+    ];
+    // An order whose bytes are over record_bytes_max, though every field is within its bound.
+    let mut big = Scenario::placed_event("l4", "o-l4", &[("A", 1)], T0 + 1);
+    if let OrderBody::OrderPlaced(p) = &mut big.body {
+        p.user_id = "u".repeat(40);
+        p.cart_id = "c".repeat(40);
+        p.lines = (0..3)
+            .map(|i| OrderLine {
+                sku: format!("{i}").repeat(40),
+                quantity: 1,
+                unit_price_minor: 1,
+            })
+            .collect();
+    }
+    cases.push(("within every bound", big.clone()));
+    for (_, e) in &cases {
+        s.driver.pipe_event(topics::ORDERS, &e.order_id, e).unwrap();
+    }
+    // The same record over the byte limit: 2,001 bytes of padding after a valid header.
+    let mut oversized = s.driver.codec().encode(&big).unwrap();
+    oversized.resize(2_001, 0);
+    s.driver
+        .pipe(topics::ORDERS, Some(b"o-l5"), Some(oversized))
+        .unwrap();
+    let id = s.id();
+    s.inventory(
+        &id,
+        "A",
+        "wh1",
+        T0 + 2,
+        InventoryBody::StockReceived(StockReceived { quantity: 1_001 }),
+    );
+    let id = s.id();
+    s.inventory(
+        &id,
+        "A",
+        "wh1",
+        T0 + 2,
+        InventoryBody::StockCounted(StockCounted { on_hand: 1_001 }),
+    );
+    s.place("o-ok", &[("A", 2)], T0 + 3);
+    s.finish();
+    let details: Vec<(String, String)> = s
+        .dead_letters()
+        .iter()
+        .map(|r| (header(r, "reason"), header(r, "detail")))
+        .collect();
+    for limit in [
+        "order_lines_max",
+        "quantity_max",
+        "string_bytes_max",
+        "record_bytes_max",
+    ] {
+        assert!(
+            details
+                .iter()
+                .any(|(reason, detail)| reason == "validation" && detail.contains(limit)),
+            "no dead letter for {limit}: {details:?}"
+        );
+    }
+    // Three orders, the padded record and two inventory records; the big order itself is
+    // within every bound and applied.
+    assert_eq!(details.len(), 6, "{details:?}");
+    assert!(details.iter().all(|(reason, _)| reason == "validation"));
+    // The valid records around them are applied; the books close.
+    assert_eq!(s.order("o-ok").status, OrderStatus::PENDING_PAYMENT);
+    assert_eq!(s.order("o-l4").status, OrderStatus::PENDING_PAYMENT);
+    assert_eq!(s.sku("A").on_hand, 500);
+    for topic in [topics::ORDERS, topics::INVENTORY] {
+        assert!(s.accounting(topic).closes(), "{topic}");
+    }
+}

@@ -174,19 +174,27 @@ fn scaling_out_and_in_with_a_crash_under_load_equals_the_driver_and_a_replay_ver
         e.push(("ORDERFOLD_RUNTIME_COMMIT_INTERVAL_MS", "300".into()));
         e
     };
-    // Each instance is waited for until the group has given it order-stage tasks.
-    let start = |i: usize| {
+    // Each instance is waited for until the group has given it order-stage tasks (or, with
+    // `any`, an assignment of whatever it holds).
+    let start_with = |i: usize, any: bool| {
         let e = env(i);
         let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (mut child, log) = spawn_run_logged(&s.config_file, &[], &e);
-        if let Err(why) = wait_assigned(&log, Duration::from_secs(120)) {
+        let limit = Duration::from_secs(120);
+        let waited = if any {
+            wait_rebalanced(&log, limit)
+        } else {
+            wait_assigned(&log, limit)
+        };
+        if let Err(why) = waited {
             let _ = child.kill();
             panic!("instance {i}: {why}");
         }
         (child, log)
     };
+    let start = |i: usize| start_with(i, false);
     // One instance, then a second and a third.
-    let (mut a, a_log) = start(0);
+    let (mut a, _a_log) = start(0);
     let (mut b, _b_log) = start(1);
     let (mut c, _c_log) = start(2);
     assert!(a.try_wait().unwrap().is_none() && b.try_wait().unwrap().is_none());
@@ -194,15 +202,12 @@ fn scaling_out_and_in_with_a_crash_under_load_equals_the_driver_and_a_replay_ver
     // one dies. The first takes their partitions over.
     c.kill().unwrap();
     c.wait().unwrap();
-    // The restart waits until the group has dropped the dead member (its session expired and
-    // the others were reassigned). Joining before that, it would be the fourth member of a
-    // group with three partitions per topic and get nothing, and tansu 0.6.0 was seen not to
-    // rebalance again when the dead member then expired.
-    while a_log.try_recv().is_ok() {}
-    if let Err(why) = wait_rebalanced(&a_log, Duration::from_secs(120)) {
-        panic!("instance 0 after the crash of instance 2: {why}");
-    }
-    let (mut c, _c_log) = start(2);
+    // The restart is waited for until the group answers it, whatever it is given: tansu 0.6.0
+    // keeps a SIGKILLed member in the group past its session timeout (one run's log showed no
+    // rebalance for 120 s after the kill), so the restart, a fourth member for three
+    // partitions per topic, may get nothing. Whatever the dead member holds is finished by the
+    // bounded run at the end, which is what this test compares.
+    let (mut c, _c_log) = start_with(2, true);
     let status = terminate(&mut b, &s.config);
     assert!(status.success(), "SIGTERM exit status {status:?}");
     c.kill().unwrap();

@@ -20,7 +20,7 @@ use crate::merge::{self, Head, Next};
 use crate::sink::{DeadLetterReason, Origin, OutRecord, OutTopic, Route};
 use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, StateOptions, Store, TaskDb};
-use crate::validate;
+use crate::validate::{self, Bounds};
 
 /// Input ranks: the merge's tie-breaker and the index of every per-input array.
 pub const ORDERS: usize = 0;
@@ -57,15 +57,16 @@ impl OrderInput {
 /// Decodes and validates one record of input `rank`.
 pub fn decode_input(
     codec: &Codec,
+    bounds: &Bounds,
     rank: usize,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<OrderInput, (DeadLetterReason, String)> {
-    fn read<T: AvroRecord>(
-        codec: &Codec,
-        value: Option<&[u8]>,
-    ) -> Result<T, (DeadLetterReason, String)> {
-        let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
+    let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
+    bounds
+        .record_size(bytes)
+        .map_err(|v| (DeadLetterReason::Validation, v))?;
+    fn decode<T: AvroRecord>(codec: &Codec, bytes: &[u8]) -> Result<T, (DeadLetterReason, String)> {
         codec.decode::<T>(bytes).map_err(|e| match e {
             DecodeError::Decode(d) => (DeadLetterReason::Decode, d),
             DecodeError::UnknownSchema(d) => (DeadLetterReason::Schema, d),
@@ -74,18 +75,18 @@ pub fn decode_input(
     let invalid = |v: String| (DeadLetterReason::Validation, v);
     match rank {
         ORDERS => {
-            let e: OrderEvent = read(codec, value)?;
-            validate::order(key, &e).map_err(invalid)?;
+            let e: OrderEvent = decode(codec, bytes)?;
+            validate::order(key, &e, bounds).map_err(invalid)?;
             Ok(OrderInput::Order(e))
         }
         PAYMENTS => {
-            let e: PaymentEvent = read(codec, value)?;
-            validate::payment(key, &e).map_err(invalid)?;
+            let e: PaymentEvent = decode(codec, bytes)?;
+            validate::payment(key, &e, bounds).map_err(invalid)?;
             Ok(OrderInput::Payment(e))
         }
         _ => {
-            let e: LogisticsEvent = read(codec, value)?;
-            validate::logistics(key, &e).map_err(invalid)?;
+            let e: LogisticsEvent = decode(codec, bytes)?;
+            validate::logistics(key, &e, bounds).map_err(invalid)?;
             Ok(OrderInput::Scan(e))
         }
     }
@@ -189,6 +190,8 @@ pub struct OrderTask {
     orphan_ttl_ms: Millis,
     dedup: Dedup,
     buffer_records_max: usize,
+    /// The config's bounds on an input record.
+    bounds: Bounds,
     meta: OrderMeta,
     buffers: [VecDeque<Buffered<OrderInput>>; INPUTS],
     /// Every timer key, mirrored from the `timers` store so the earliest is known at once.
@@ -237,6 +240,7 @@ impl OrderTask {
                 config.limits.dedup_purge_per_commit_max,
             ),
             buffer_records_max: config.limits.buffer_records_max,
+            bounds: Bounds::from_config(config),
             meta,
             buffers: Default::default(),
             timers,
@@ -789,7 +793,13 @@ impl Input for OrderTask {
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
     ) {
-        let decoded = decode_input(&self.codec, rank, key.as_deref(), value.as_deref());
+        let decoded = decode_input(
+            &self.codec,
+            &self.bounds,
+            rank,
+            key.as_deref(),
+            value.as_deref(),
+        );
         self.buffers[rank].push_back(Buffered {
             offset,
             origin: Origin {

@@ -18,7 +18,7 @@ use crate::merge::{self, SkuNext};
 use crate::sink::{DeadLetterReason, Origin, OutRecord, OutTopic};
 use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, StateOptions, Store, TaskDb};
-use crate::validate;
+use crate::validate::{self, Bounds};
 
 pub const INVENTORY: usize = 0;
 pub const COMMANDS: usize = 1;
@@ -40,12 +40,15 @@ fn decode_error(e: DecodeError) -> (DeadLetterReason, String) {
 
 pub fn decode_inventory(
     codec: &Codec,
+    bounds: &Bounds,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<InventoryEvent, (DeadLetterReason, String)> {
+    let invalid = |v| (DeadLetterReason::Validation, v);
     let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
+    bounds.record_size(bytes).map_err(invalid)?;
     let e: InventoryEvent = codec.decode(bytes).map_err(decode_error)?;
-    validate::inventory(key, &e).map_err(|v| (DeadLetterReason::Validation, v))?;
+    validate::inventory(key, &e, bounds).map_err(invalid)?;
     Ok(e)
 }
 
@@ -193,6 +196,8 @@ pub struct SkuTask {
     codec: Arc<Codec>,
     dedup: Dedup,
     buffer_records_max: usize,
+    /// The config's bounds on an input record.
+    bounds: Bounds,
     pending_commands_max: usize,
     meta: SkuMeta,
     inventory: VecDeque<Buffered<InventoryEvent>>,
@@ -240,6 +245,7 @@ impl SkuTask {
                 config.limits.dedup_purge_per_commit_max,
             ),
             buffer_records_max: config.limits.buffer_records_max,
+            bounds: Bounds::from_config(config),
             pending_commands_max: config.limits.pending_commands_max,
             meta,
             inventory: VecDeque::new(),
@@ -597,7 +603,8 @@ impl Input for SkuTask {
             offset: origin_offset,
         };
         if input == INVENTORY {
-            let decoded = decode_inventory(&self.codec, key.as_deref(), value.as_deref());
+            let decoded =
+                decode_inventory(&self.codec, &self.bounds, key.as_deref(), value.as_deref());
             self.inventory.push_back(Buffered {
                 offset,
                 origin,
