@@ -104,8 +104,13 @@ pub enum Occurrence<'a> {
     /// Records a task took from its buffer and handled (applied, dropped as duplicates,
     /// ignored by a rule, dead-lettered or parked).
     Processed { topic: &'a str, records: u64 },
+    /// Records applied to state (watermarks on the command topic included).
+    Applied { topic: &'a str, records: u64 },
     /// Records dropped because their event id was already seen.
     Duplicates { topic: &'a str, records: u64 },
+    /// Input records a task sent to the dead-letter topic (counted when it decides; the
+    /// acknowledged dead letters are `DeadLettered`).
+    SentToDeadLetters { topic: &'a str, records: u64 },
     /// Records a rule ignored, by the rule's kind.
     Ignored {
         topic: &'a str,
@@ -157,8 +162,11 @@ pub struct Metrics {
     consumed: IntCounterVec,
     processed: IntCounterVec,
     produced: IntCounterVec,
+    applied: IntCounterVec,
     duplicates: IntCounterVec,
     ignored: IntCounterVec,
+    dead_lettered_inputs: IntCounterVec,
+    parked: IntGaugeVec,
     dead_letters: IntCounterVec,
     alerts: IntCounterVec,
     expiries: IntCounter,
@@ -243,6 +251,24 @@ impl Metrics {
                 "Records the broker acknowledged, by topic (outputs, commands, dead letters, changelogs).",
                 &["topic"],
             )?,
+            applied: counter_vec(
+                &r,
+                "orderfold_records_applied_total",
+                "Records applied to state, by input topic (watermarks on the command topic included).",
+                &["topic"],
+            )?,
+            dead_lettered_inputs: counter_vec(
+                &r,
+                "orderfold_records_dead_lettered_total",
+                "Input records a task sent to the dead-letter topic, by input topic.",
+                &["topic"],
+            )?,
+            parked: gauge_vec(
+                &r,
+                "orderfold_records_parked",
+                "Records parked now (orphans waiting for their order, commands waiting for the watermark), by input topic.",
+                &["topic"],
+            )?,
             duplicates: counter_vec(
                 &r,
                 "orderfold_duplicates_total",
@@ -252,8 +278,8 @@ impl Metrics {
             ignored: counter_vec(
                 &r,
                 "orderfold_ignored_total",
-                "Records a rule ignored, by the rule's kind.",
-                &["kind"],
+                "Records a rule ignored, by input topic and the rule's kind.",
+                &["topic", "kind"],
             )?,
             dead_letters: counter_vec(
                 &r,
@@ -363,18 +389,24 @@ impl Metrics {
 
     /// Creates every labelled series whose label values are known now, at zero, so every family
     /// shows from the first scrape and a rate over a series that later moves starts from zero.
-    pub fn declare(&self, inputs: &[&str], outputs: &[&str]) {
-        for topic in inputs {
+    pub fn declare(&self, order_inputs: &[&str], sku_inputs: &[&str], outputs: &[&str]) {
+        for topic in order_inputs.iter().chain(sku_inputs) {
             self.consumed.with_label_values(&[topic]);
             self.processed.with_label_values(&[topic]);
+            self.applied.with_label_values(&[topic]);
             self.duplicates.with_label_values(&[topic]);
+            self.dead_lettered_inputs.with_label_values(&[topic]);
+            self.parked.with_label_values(&[topic]);
+        }
+        // Only the order stage's rules ignore events.
+        for topic in order_inputs {
+            for kind in crate::fold::Ignored::ALL {
+                self.ignored.with_label_values(&[topic, kind.label()]);
+            }
         }
         for topic in outputs {
             self.produced.with_label_values(&[topic]);
             self.delivery_failures.with_label_values(&[topic]);
-        }
-        for kind in crate::fold::Ignored::ALL {
-            self.ignored.with_label_values(&[kind.label()]);
         }
         for reason in crate::sink::DeadLetterReason::ALL {
             self.dead_letters.with_label_values(&[reason.label()]);
@@ -423,6 +455,18 @@ impl Metrics {
                     self.processed.with_label_values(&[topic]).inc_by(records);
                 }
             }
+            Occurrence::Applied { topic, records } => {
+                if self.enabled {
+                    self.applied.with_label_values(&[topic]).inc_by(records);
+                }
+            }
+            Occurrence::SentToDeadLetters { topic, records } => {
+                if self.enabled {
+                    self.dead_lettered_inputs
+                        .with_label_values(&[topic])
+                        .inc_by(records);
+                }
+            }
             Occurrence::Duplicates { topic, records } => {
                 tracing::debug!(topic, records, "duplicates dropped");
                 if self.enabled {
@@ -436,7 +480,9 @@ impl Metrics {
             } => {
                 tracing::debug!(topic, kind, records, "events ignored by a rule");
                 if self.enabled {
-                    self.ignored.with_label_values(&[kind]).inc_by(records);
+                    self.ignored
+                        .with_label_values(&[topic, kind])
+                        .inc_by(records);
                 }
             }
             Occurrence::Delivered {
@@ -569,6 +615,16 @@ impl Metrics {
             self.lag
                 .with_label_values(&[*topic, partition.to_string().as_str()])
                 .set(*lag);
+        }
+    }
+
+    /// Sets how many records each input topic has parked now.
+    pub fn set_parked(&self, parked: &[(&str, u64)]) {
+        if !self.enabled {
+            return;
+        }
+        for (topic, n) in parked {
+            self.parked.with_label_values(&[topic]).set(*n as i64);
         }
     }
 

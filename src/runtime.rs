@@ -225,7 +225,9 @@ struct Slot<T, const N: usize> {
 #[derive(Default)]
 struct Counted {
     processed: u64,
+    applied: u64,
     duplicates: u64,
+    dead_lettered: u64,
     ignored: BTreeMap<String, u64>,
 }
 
@@ -234,7 +236,9 @@ impl Counted {
     fn baseline(acc: &Accounting) -> Counted {
         Counted {
             processed: acc.consumed,
+            applied: acc.applied,
             duplicates: acc.duplicates,
+            dead_lettered: acc.dead_lettered_total(),
             ignored: acc.ignored.clone(),
         }
     }
@@ -246,9 +250,18 @@ impl Counted {
         if records > 0 {
             metrics.emit(Occurrence::Processed { topic, records });
         }
+        let records = acc.applied.saturating_sub(self.applied);
+        if records > 0 {
+            metrics.emit(Occurrence::Applied { topic, records });
+        }
         let records = acc.duplicates.saturating_sub(self.duplicates);
         if records > 0 {
             metrics.emit(Occurrence::Duplicates { topic, records });
+        }
+        let dead_lettered = acc.dead_lettered_total();
+        let records = dead_lettered.saturating_sub(self.dead_lettered);
+        if records > 0 {
+            metrics.emit(Occurrence::SentToDeadLetters { topic, records });
         }
         if acc.ignored != self.ignored {
             for (kind, n) in &acc.ignored {
@@ -264,7 +277,9 @@ impl Counted {
             self.ignored.clone_from(&acc.ignored);
         }
         self.processed = acc.consumed;
+        self.applied = acc.applied;
         self.duplicates = acc.duplicates;
+        self.dead_lettered = dead_lettered;
     }
 }
 
@@ -1149,6 +1164,22 @@ impl Engine {
             .min();
         metrics.set_stream_time("order", order_time);
         metrics.set_stream_time("sku", sku_time);
+        let mut parked: Vec<(&str, u64)> = Vec::new();
+        for (rank, topic) in self.names.order_inputs().into_iter().enumerate() {
+            let n = self
+                .order
+                .values()
+                .map(|s| s.task.meta().accounting[rank].parked);
+            parked.push((topic, n.sum()));
+        }
+        for (input, topic) in self.names.sku_inputs().into_iter().enumerate() {
+            let n = self
+                .sku
+                .values()
+                .map(|s| s.task.meta().accounting[input].parked);
+            parked.push((topic, n.sum()));
+        }
+        metrics.set_parked(&parked);
         metrics.set_active_reservations(
             self.order
                 .values()
@@ -1651,7 +1682,9 @@ pub fn run_from(
     let codec = Codec::from_config(config)?;
     let mut produced = names.outputs().to_vec();
     produced.push(&names.sku_commands);
-    status.metrics.declare(&names.inputs(), &produced);
+    status
+        .metrics
+        .declare(&names.order_inputs(), &names.sku_inputs(), &produced);
     status
         .queries
         .set_layout(layout.order_partitions, layout.sku_partitions);

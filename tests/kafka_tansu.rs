@@ -194,9 +194,19 @@ fn scaling_out_and_in_with_a_crash_under_load_equals_the_driver_and_a_replay_ver
     };
     let start = |i: usize| start_with(i, false);
     // One instance, then a second and a third.
+    // The second and third also commit work of their own before anything else happens, so
+    // the tasks they held have changelog records that only they wrote.
+    let own_work = |i: usize, child: &mut Running, log: &std::sync::mpsc::Receiver<String>| {
+        if let Err(why) = wait_committed(log, 1, Duration::from_secs(120)) {
+            let _ = child.kill();
+            panic!("instance {i}: {why}");
+        }
+    };
     let (mut a, _a_log) = start(0);
-    let (mut b, _b_log) = start(1);
-    let (mut c, _c_log) = start(2);
+    let (mut b, b_log) = start(1);
+    own_work(1, &mut b, &b_log);
+    let (mut c, c_log) = start(2);
+    own_work(2, &mut c, &c_log);
     assert!(a.try_wait().unwrap().is_none() && b.try_wait().unwrap().is_none());
     // A crash and a restart on the same disk, then back in: one leaves cleanly, the restarted
     // one dies. The first takes their partitions over.

@@ -187,9 +187,12 @@ fn a_real_prometheus_scrapes_processed_records_and_the_workloads_oversell_alerts
 }
 
 /// Every family the operations guide and the dashboard use, by name.
-const FAMILIES: [&str; 20] = [
+const FAMILIES: [&str; 23] = [
     "orderfold_records_consumed_total",
     "orderfold_records_processed_total",
+    "orderfold_records_applied_total",
+    "orderfold_records_dead_lettered_total",
+    "orderfold_records_parked",
     "orderfold_records_produced_total",
     "orderfold_duplicates_total",
     "orderfold_ignored_total",
@@ -239,6 +242,37 @@ fn every_metric_family_is_exported_after_a_short_run() {
         found.contains("orderfold_ready 1"),
         "not ready after the run"
     );
+    // The books close per input topic: processed = applied + duplicates + ignored +
+    // dead-lettered + parked (the gauges follow within a commit interval).
+    let names = orderfold::kafka::TopicNames::from_config(&s.config);
+    let mut books = String::new();
+    wait_for(
+        Duration::from_secs(30),
+        "the accounting metrics to close",
+        || {
+            let (_, _, body) = get(&url).ok()?;
+            books.clear();
+            let mut all_close = true;
+            for topic in names.inputs() {
+                let [processed, applied, duplicates, ignored, dead, parked] = [
+                    "orderfold_records_processed_total",
+                    "orderfold_records_applied_total",
+                    "orderfold_duplicates_total",
+                    "orderfold_ignored_total",
+                    "orderfold_records_dead_lettered_total",
+                    "orderfold_records_parked",
+                ]
+                .map(|family| sum_for_topic(&body, family, topic));
+                books.push_str(&format!(
+                "{topic}: {processed} = {applied} + {duplicates} + {ignored} + {dead} + {parked}\n"
+            ));
+                all_close &=
+                    processed > 0.0 && processed == applied + duplicates + ignored + dead + parked;
+            }
+            all_close.then_some(())
+        },
+    );
+    eprintln!("{books}");
     let healthz = get(&format!("http://127.0.0.1:{port}/healthz")).unwrap();
     assert_eq!((healthz.0, healthz.2.as_str()), (200, "ok\n"));
     // The dashboard and the alert rules only use families orderfold exports.
@@ -258,6 +292,15 @@ fn every_metric_family_is_exported_after_a_short_run() {
             );
         }
     }
+}
+
+/// The sum of a family's samples whose `topic` label is `topic`, in a text exposition.
+fn sum_for_topic(body: &str, family: &str, topic: &str) -> f64 {
+    let label = format!("topic=\"{topic}\"");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// Every `orderfold_...` or `process_...` metric name in `text`.
