@@ -148,6 +148,11 @@ pub enum SchemaError {
         path: std::path::PathBuf,
         error: String,
     },
+    #[error("avro.writer_schemas: cannot read {path}: {error}")]
+    WriterFile {
+        path: std::path::PathBuf,
+        error: String,
+    },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(
@@ -238,7 +243,7 @@ impl Codec {
     /// `avro.schema_ids` or by registering it under `<topic>-value`.
     pub fn from_config(config: &crate::config::Config) -> Result<Arc<Codec>, SchemaError> {
         let avro = &config.avro;
-        let mut codec = Self::build(&[])?;
+        let mut codec = Self::build(&Self::writer_schema_texts(avro)?)?;
         for (id, path) in &avro.schema_ids {
             let file_error = |error: String| SchemaError::SchemaFile {
                 id: id.clone(),
@@ -288,6 +293,21 @@ impl Codec {
             }
         }
         Ok(Arc::new(codec))
+    }
+
+    /// The texts of `avro.writer_schemas`.
+    pub fn writer_schema_texts(
+        avro: &crate::config::AvroConfig,
+    ) -> Result<Vec<String>, SchemaError> {
+        avro.writer_schemas
+            .iter()
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|e| SchemaError::WriterFile {
+                    path: path.clone(),
+                    error: e.to_string(),
+                })
+            })
+            .collect()
     }
 
     fn by_id_mut(&mut self) -> &mut HashMap<u32, Arc<IdSchema>> {

@@ -307,6 +307,11 @@ pub struct AvroConfig {
     /// Static schema ids: registry id → `.avsc` file, for deployments without a registry or to
     /// pin ids. Ids here win over the registry.
     pub schema_ids: BTreeMap<String, PathBuf>,
+    /// Other versions of orderfold's input schemas that producers write single-object encoded
+    /// records with (`.avsc` files). Each is read through Avro schema resolution against
+    /// orderfold's own: added fields with defaults are skipped, removed fields with defaults
+    /// are filled in. A schema resolution cannot read is refused at startup.
+    pub writer_schemas: Vec<PathBuf>,
 }
 
 impl Default for AvroConfig {
@@ -316,6 +321,7 @@ impl Default for AvroConfig {
             schema_registry_url: String::new(),
             registry_timeout_ms: 10_000,
             schema_ids: BTreeMap::new(),
+            writer_schemas: Vec::new(),
         }
     }
 }

@@ -107,7 +107,9 @@ impl Driver {
     /// A topology whose tasks keep their state under `dir` (one directory per task); reopening
     /// the same `dir` resumes every task from its committed offsets.
     pub fn open(dir: &Path, topology: Topology, config: Config) -> Result<Driver, DriverError> {
-        let codec = Codec::new()?;
+        // The driver reads what the config's writer schemas say; schema ids and output framing
+        // belong to a broker deployment.
+        let codec = Codec::with_writer_schemas(&Codec::writer_schema_texts(&config.avro)?)?;
         let mut logs = BTreeMap::new();
         for t in [
             topics::ORDERS,

@@ -1072,3 +1072,103 @@ fn records_over_the_configured_limits_are_dead_lettered_and_the_rest_applied() {
         assert!(s.accounting(topic).closes(), "{topic}");
     }
 }
+
+/// A version of LogisticsEvent's schema, edited as JSON: `drop` fields removed, `add` appended.
+fn logistics_schema_version(drop: &[&str], add: Option<serde_json::Value>) -> String {
+    let mut schema: serde_json::Value =
+        serde_json::from_str(include_str!("../schemas/LogisticsEvent.avsc")).unwrap();
+    let fields = schema["fields"].as_array_mut().unwrap();
+    fields.retain(|f| !drop.contains(&f["name"].as_str().unwrap()));
+    fields.extend(add);
+    schema.to_string()
+}
+
+/// A scan written with `writer` (fields it lacks are left out), single-object encoded.
+fn scan_written_with(
+    writer: &str,
+    id: &str,
+    order: &str,
+    t: Millis,
+    status: (u32, &str),
+    carrier: bool,
+) -> Vec<u8> {
+    use apache_avro::types::Value;
+    let schema = apache_avro::Schema::parse_str(writer).unwrap();
+    let mut record = apache_avro::types::Record::new(&schema).unwrap();
+    record.put("event_id", id);
+    record.put("order_id", order);
+    record.put("shipment_id", format!("sh-{order}"));
+    record.put("occurred_at", Value::TimestampMillis(t));
+    record.put("status", Value::Enum(status.0, status.1.into()));
+    if carrier {
+        record.put("carrier", Value::Union(1, Box::new("DHL".into())));
+    }
+    let mut bytes = orderfold::codec::SINGLE_OBJECT_MAGIC.to_vec();
+    bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema));
+    bytes.extend(
+        apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(record)
+            .unwrap(),
+    );
+    bytes
+}
+
+#[test]
+fn configured_writer_schemas_are_read_by_resolution_and_unknown_versions_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    // Producers upgraded: one version adds an optional field, one drops two fields that have
+    // defaults. Both are configured; a third version (status as a string) is not, and could
+    // not be resolved anyway.
+    let added = logistics_schema_version(
+        &[],
+        Some(serde_json::json!({"name": "carrier", "type": ["null", "string"], "default": null})),
+    );
+    let dropped = logistics_schema_version(&["location", "detail"], None);
+    let mut config = Config::default();
+    for (name, text) in [("added.avsc", &added), ("dropped.avsc", &dropped)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        config.avro.writer_schemas.push(path);
+    }
+    let mut s = Scenario::with(1, config);
+    s.stock("A", "wh1", 5, T0);
+    s.place("o-1", &[("A", 1)], T0 + 1);
+    let scans = [
+        (
+            scan_written_with(&added, "s-1", "o-1", T0 + 2, (0, "CREATED"), true),
+            "added",
+        ),
+        (
+            scan_written_with(&dropped, "s-2", "o-1", T0 + 3, (2, "IN_TRANSIT"), false),
+            "dropped",
+        ),
+    ];
+    for (bytes, _) in &scans {
+        s.driver
+            .pipe(topics::LOGISTICS, Some(b"o-1"), Some(bytes.clone()))
+            .unwrap();
+    }
+    let incompatible = logistics_schema_version(
+        &["status"],
+        Some(serde_json::json!({"name": "status", "type": "string"})),
+    );
+    let schema = apache_avro::Schema::parse_str(&incompatible).unwrap();
+    let mut bytes = orderfold::codec::SINGLE_OBJECT_MAGIC.to_vec();
+    bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema));
+    bytes.extend_from_slice(b"\x06s-3\x06o-1\x08sh-x\x02\x0eCREATED");
+    s.driver
+        .pipe(topics::LOGISTICS, Some(b"o-1"), Some(bytes))
+        .unwrap();
+    s.finish();
+    let acc = s.accounting(topics::LOGISTICS);
+    assert_eq!(acc.applied, 2, "{acc:?}");
+    assert_eq!(acc.dead_lettered.get("schema"), Some(&1), "{acc:?}");
+    assert!(acc.closes());
+    let tracking = s.tracking("o-1").expect("tracking from the evolved scans");
+    assert_eq!(
+        (tracking.status, tracking.updated_at, tracking.location),
+        (TrackingCode::IN_TRANSIT, T0 + 3, None)
+    );
+}
