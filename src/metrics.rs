@@ -433,15 +433,6 @@ impl Metrics {
         Ok(out)
     }
 
-    /// The names of the families a scrape shows.
-    pub fn family_names(&self) -> Vec<String> {
-        self.registry
-            .gather()
-            .iter()
-            .map(|f| f.name().to_string())
-            .collect()
-    }
-
     /// Writes the occurrence's log line and moves its metric.
     pub fn emit(&self, o: Occurrence<'_>) {
         match o {
