@@ -44,6 +44,78 @@ pub enum ClientError {
     Io(String),
     #[error("the broker did not acknowledge {failed} records: {first}")]
     Unacknowledged { failed: u64, first: String },
+    #[error(
+        "kafka: authentication failed at {brokers}: {reason} (check sasl.mechanism, \
+         sasl.username and sasl.password)"
+    )]
+    Authentication { brokers: String, reason: String },
+    #[error("kafka: no broker at {brokers} answered within {waited:?}: {error}")]
+    Unreachable {
+        brokers: String,
+        waited: Duration,
+        error: KafkaError,
+    },
+}
+
+/// A client context that remembers the authentication failure librdkafka reports, which
+/// otherwise surfaces only as a "broker transport failure" after the request timeout.
+#[derive(Default)]
+struct Probe {
+    authentication: Mutex<Option<String>>,
+}
+
+impl ClientContext for Probe {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            if let Ok(mut a) = self.authentication.lock() {
+                a.get_or_insert_with(|| reason.to_string());
+            }
+        }
+        tracing::debug!(error = %error, reason, "librdkafka error while connecting");
+    }
+}
+
+impl ProducerContext for Probe {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// Reaches the brokers before a command does anything else, so a wrong address or a
+/// rejected login is named at once. librdkafka reports a failed SASL handshake as an event on
+/// the client's main queue, which only a producer's `poll` serves; the metadata request alone
+/// would end in a transport failure after the request timeout. librdkafka's reason names the
+/// mechanism and the broker's answer, never the password.
+pub fn connect(config: &Config) -> Result<(), ClientError> {
+    let producer: BaseProducer<Probe> =
+        client_config(config).create_with_context(Probe::default())?;
+    let started = Instant::now();
+    let brokers = config.kafka.bootstrap_servers.clone();
+    loop {
+        producer.poll(Duration::from_millis(20));
+        let failed = producer
+            .context()
+            .authentication
+            .lock()
+            .ok()
+            .and_then(|a| a.clone());
+        if let Some(reason) = failed {
+            return Err(ClientError::Authentication { brokers, reason });
+        }
+        match producer
+            .client()
+            .fetch_metadata(None, Duration::from_millis(500))
+        {
+            Ok(_) => return Ok(()),
+            Err(error) if started.elapsed() >= REQUEST_TIMEOUT => {
+                return Err(ClientError::Unreachable {
+                    brokers,
+                    waited: started.elapsed(),
+                    error,
+                })
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Counts the deliveries a producer's broker refused, so a writer can wait for its records and

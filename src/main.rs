@@ -294,6 +294,14 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load_with_env(path.map(PathBuf::as_path))?)
 }
 
+/// The config of a command that talks to Kafka, after the brokers have answered it: a wrong
+/// address or login fails here with its reason instead of as a timeout deeper in.
+fn load_connected(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let config = load_config(path)?;
+    kafka::connect(&config)?;
+    Ok(config)
+}
+
 /// A small tokio runtime for the admin client's futures and the signal handlers; the poll
 /// loop itself is synchronous and runs on the calling thread.
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -329,7 +337,7 @@ fn on_signals(rt: &tokio::runtime::Runtime, shutdown: Shutdown) {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, until_end } => {
-            let config = load_config(config.as_ref())?;
+            let config = load_connected(config.as_ref())?;
             let rt = tokio_runtime()?;
             let shutdown = Shutdown::default();
             on_signals(&rt, shutdown.clone());
@@ -356,7 +364,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics {
             action: TopicsAction::Create { config },
         } => {
-            let config = load_config(config.as_ref())?;
+            let config = load_connected(config.as_ref())?;
             let created = tokio_runtime()?.block_on(kafka::create_topics(&config))?;
             for t in &created {
                 println!("created {t}");
@@ -415,7 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let spec = workload.spec()?;
             let records = generate(&spec);
             if to_kafka {
-                let config = load_config(config.as_ref())?;
+                let config = load_connected(config.as_ref())?;
                 publish(&config, &records, produce_rate_per_s, true)?;
                 println!(
                     "produced {} records to {}",
@@ -448,7 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             dry_run,
         } => {
-            let config = load_config(config.as_ref())?;
+            let config = load_connected(config.as_ref())?;
             let plan = replay::plan_reset(&config, &replay::Start::parse(&to)?)?;
             print!("{plan}");
             if dry_run {
@@ -466,7 +474,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.phase == BenchPhase::Metrics {
         return bench_metrics(args);
     }
-    let mut config = load_config(args.config.as_ref())?;
+    let mut config = load_connected(args.config.as_ref())?;
     let tag = format!(
         "bench{}",
         std::time::SystemTime::now()
@@ -802,7 +810,7 @@ fn run_with_progress(
 }
 
 fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
-    let base = load_config(args.config.as_ref())?;
+    let base = load_connected(args.config.as_ref())?;
     let config = replay::replay_config(
         &base,
         args.application_id.as_deref(),
