@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use serde::de::DeserializeOwned;
@@ -170,9 +171,11 @@ pub fn fingerprint(schema: &Schema) -> [u8; 8] {
     out
 }
 
-/// A writer schema other than ours, read by resolving it against our reader schema.
+/// A writer schema other than ours, read by resolving it against our reader schema. One Avro's
+/// resolution rules cannot read (a field changed type, a field without default removed, an
+/// enum symbol dropped) keeps why instead: its records are dead-lettered as `schema`.
 struct Evolved {
-    reader: GenericDatumReader<'static>,
+    reader: Result<GenericDatumReader<'static>, String>,
 }
 
 /// The writer schema behind a Confluent schema id.
@@ -489,7 +492,13 @@ impl Codec {
                 .read_deser::<T>(&mut body)
                 .map_err(error)?,
             Some(evolved) => {
-                let value = evolved.reader.read_value(&mut body).map_err(error)?;
+                let reader = evolved.reader.as_ref().map_err(|why| {
+                    DecodeError::UnknownSchema(format!(
+                        "writer schema cannot be read as {}: {why}",
+                        T::KIND.full_name()
+                    ))
+                })?;
+                let value = reader.read_value(&mut body).map_err(error)?;
                 apache_avro::from_value::<T>(&value).map_err(error)?
             }
         };
@@ -565,11 +574,22 @@ fn id_schema(codec: &Codec, text: &str) -> Result<([u8; 8], IdSchema), SchemaErr
         ));
     }
     let reader_schema = leak_schema(kind.schema_text(), kind.full_name())?;
-    let reader = GenericDatumReader::builder(writer)
-        .reader_schema(reader_schema)
-        .human_readable(false)
-        .build()
-        .map_err(|e| schema_error(&full_name, e))?;
+    let reader = match SchemaCompatibility::can_read(writer, reader_schema) {
+        Ok(_) => Ok(GenericDatumReader::builder(writer)
+            .reader_schema(reader_schema)
+            .human_readable(false)
+            .build()
+            .map_err(|e| schema_error(&full_name, e))?),
+        Err(why) => {
+            tracing::warn!(
+                schema = %full_name,
+                fingerprint = %hex(&fp),
+                error = %why,
+                "a writer schema orderfold cannot read: its records will be dead-lettered as `schema`"
+            );
+            Err(why.to_string())
+        }
+    };
     Ok((
         fp,
         IdSchema {

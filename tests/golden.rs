@@ -1116,18 +1116,31 @@ fn scan_written_with(
 }
 
 #[test]
-fn configured_writer_schemas_are_read_by_resolution_and_unknown_versions_dead_lettered() {
+fn configured_writer_schemas_are_read_by_resolution_and_incompatible_or_unknown_ones_dead_lettered()
+{
     let dir = tempfile::tempdir().unwrap();
     // Producers upgraded: one version adds an optional field, one drops two fields that have
-    // defaults. Both are configured; a third version (status as a string) is not, and could
-    // not be resolved anyway.
+    // defaults. Both are configured. A third version, also configured, has status as a string,
+    // which Avro's resolution cannot read as our enum; a fourth is not configured at all.
     let added = logistics_schema_version(
         &[],
         Some(serde_json::json!({"name": "carrier", "type": ["null", "string"], "default": null})),
     );
     let dropped = logistics_schema_version(&["location", "detail"], None);
+    let incompatible = logistics_schema_version(
+        &["status"],
+        Some(serde_json::json!({"name": "status", "type": "string"})),
+    );
+    let unknown = logistics_schema_version(
+        &[],
+        Some(serde_json::json!({"name": "depot", "type": ["null", "string"], "default": null})),
+    );
     let mut config = Config::default();
-    for (name, text) in [("added.avsc", &added), ("dropped.avsc", &dropped)] {
+    for (name, text) in [
+        ("added.avsc", &added),
+        ("dropped.avsc", &dropped),
+        ("incompatible.avsc", &incompatible),
+    ] {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         config.avro.writer_schemas.push(path);
@@ -1150,22 +1163,29 @@ fn configured_writer_schemas_are_read_by_resolution_and_unknown_versions_dead_le
             .pipe(topics::LOGISTICS, Some(b"o-1"), Some(bytes.clone()))
             .unwrap();
     }
-    let incompatible = logistics_schema_version(
-        &["status"],
-        Some(serde_json::json!({"name": "status", "type": "string"})),
-    );
-    let schema = apache_avro::Schema::parse_str(&incompatible).unwrap();
-    let mut bytes = orderfold::codec::SINGLE_OBJECT_MAGIC.to_vec();
-    bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema));
-    bytes.extend_from_slice(b"\x06s-3\x06o-1\x08sh-x\x02\x0eCREATED");
-    s.driver
-        .pipe(topics::LOGISTICS, Some(b"o-1"), Some(bytes))
-        .unwrap();
+    for text in [&incompatible, &unknown] {
+        let schema = apache_avro::Schema::parse_str(text).unwrap();
+        let mut bytes = orderfold::codec::SINGLE_OBJECT_MAGIC.to_vec();
+        bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema));
+        bytes.extend_from_slice(b"\x06s-3\x06o-1\x08sh-x\x02\x0eCREATED");
+        s.driver
+            .pipe(topics::LOGISTICS, Some(b"o-1"), Some(bytes))
+            .unwrap();
+    }
     s.finish();
     let acc = s.accounting(topics::LOGISTICS);
     assert_eq!(acc.applied, 2, "{acc:?}");
-    assert_eq!(acc.dead_lettered.get("schema"), Some(&1), "{acc:?}");
+    assert_eq!(acc.dead_lettered.get("schema"), Some(&2), "{acc:?}");
     assert!(acc.closes());
+    let details: Vec<String> = s
+        .dead_letters()
+        .iter()
+        .map(|r| header(r, "detail"))
+        .collect();
+    assert!(
+        details.iter().any(|d| d.contains("cannot be read")),
+        "{details:?}"
+    );
     let tracking = s.tracking("o-1").expect("tracking from the evolved scans");
     assert_eq!(
         (tracking.status, tracking.updated_at, tracking.location),
