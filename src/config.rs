@@ -211,6 +211,11 @@ pub struct RuntimeConfig {
     pub poll_timeout_ms: u64,
     /// How long a commit may wait for the broker to acknowledge its outputs.
     pub produce_ack_timeout_ms: u64,
+    /// After a failed commit (a refused or unacknowledged record), how long to wait before
+    /// processing its batch again from the last commit. Doubles with each failure in a row.
+    pub retry_backoff_ms: u64,
+    /// The longest wait between retries of a failing commit.
+    pub retry_backoff_max_ms: u64,
     /// How long SIGTERM/SIGINT may take to commit the current batch and leave the group.
     pub shutdown_timeout_ms: u64,
     /// Move an idle, caught-up order task's stream time to the wall clock, so reservations
@@ -225,6 +230,8 @@ impl Default for RuntimeConfig {
             poll_records_max: 5_000,
             poll_timeout_ms: 100,
             produce_ack_timeout_ms: 30_000,
+            retry_backoff_ms: 500,
+            retry_backoff_max_ms: 30_000,
             shutdown_timeout_ms: 30_000,
             wall_clock_advance: true,
         }
@@ -468,6 +475,14 @@ impl Config {
             || l.quantity_max <= 0
         {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
+        }
+        if self.runtime.retry_backoff_ms == 0
+            || self.runtime.retry_backoff_max_ms < self.runtime.retry_backoff_ms
+        {
+            return Err(ConfigError::Invalid(
+                "runtime.retry_backoff_ms must be at least 1 and at most retry_backoff_max_ms"
+                    .into(),
+            ));
         }
         if self.runtime.poll_records_max == 0 {
             return Err(ConfigError::Invalid(

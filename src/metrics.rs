@@ -137,6 +137,13 @@ pub enum Occurrence<'a> {
         partition: i32,
         error: &'a str,
     },
+    /// A commit failed on the broker's side: its batch is dropped and processed again after
+    /// `retry_in` (the `attempts`-th failure in a row).
+    CommitFailed {
+        error: &'a str,
+        attempts: u32,
+        retry_in: Duration,
+    },
     /// A commit finished (all six steps): how long it took, how long of that waited for the
     /// broker and wrote RocksDB, and the records this process has processed so far.
     Committed {
@@ -171,6 +178,7 @@ pub struct Metrics {
     alerts: IntCounterVec,
     expiries: IntCounter,
     delivery_failures: IntCounterVec,
+    commit_failures: IntCounter,
     commit_duration: Histogram,
     latency: HistogramVec,
     lag: IntGaugeVec,
@@ -305,6 +313,13 @@ impl Metrics {
                 "orderfold_delivery_failures_total",
                 "Records the broker refused for good (the batch did not commit), by topic.",
                 &["topic"],
+            )?,
+            commit_failures: register(
+                &r,
+                IntCounter::new(
+                    "orderfold_commit_failures_total",
+                    "Commits that failed on the broker's side; each batch was processed again.",
+                )?,
             )?,
             commit_duration: register(
                 &r,
@@ -509,9 +524,26 @@ impl Metrics {
                 partition,
                 error,
             } => {
-                tracing::error!(topic, partition, error, "delivery failed");
+                // One line per record would flood the log when the broker is away; the failed
+                // commit's warning carries the count and the first error.
+                tracing::debug!(topic, partition, error, "delivery failed");
                 if self.enabled {
                     self.delivery_failures.with_label_values(&[topic]).inc();
+                }
+            }
+            Occurrence::CommitFailed {
+                error,
+                attempts,
+                retry_in,
+            } => {
+                tracing::warn!(
+                    error,
+                    attempts,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "commit failed; its batch is dropped and processed again from the last commit"
+                );
+                if self.enabled {
+                    self.commit_failures.inc();
                 }
             }
             Occurrence::Committed {

@@ -3,7 +3,7 @@
 //! their outputs, and commits with the `at_least_once` protocol. Tasks never see the broker;
 //! everything Kafka-shaped happens here.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -131,6 +131,10 @@ pub struct Status {
     /// When the poll loop last went round or a restore last moved, in ms since the epoch:
     /// `/healthz` fails when it is too old.
     pub heartbeat_ms: AtomicU64,
+    /// librdkafka reported every broker connection down, and nothing since has shown one up.
+    brokers_down: Mutex<Option<String>>,
+    /// A commit failed; its batch waits to be processed again (see `Engine::rewind`).
+    retrying: Mutex<Option<String>>,
     pub metrics: Arc<Metrics>,
     pub queries: Queries,
 }
@@ -146,6 +150,8 @@ impl Status {
             assigned: AtomicBool::new(false),
             opening: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(now_ms().max(0) as u64),
+            brokers_down: Mutex::new(None),
+            retrying: Mutex::new(None),
             metrics: Arc::new(metrics),
             queries: Queries::default(),
         }
@@ -156,14 +162,24 @@ impl Status {
         Ok(Status::new(Metrics::new(false)?))
     }
 
-    /// Ready: the group has assigned this instance its partitions (possibly none) and every
-    /// assigned task is open and restored.
+    /// Ready: a broker is reachable, no failed commit waits for its retry, the group has
+    /// assigned this instance its partitions (possibly none) and every assigned task is open
+    /// and restored.
     pub fn ready(&self) -> bool {
         self.not_ready_because().is_none()
     }
 
     /// Why the instance is not ready, or None when it is.
     pub fn not_ready_because(&self) -> Option<String> {
+        let fault = |f: &Mutex<Option<String>>| f.lock().ok().and_then(|f| f.clone());
+        if let Some(why) = fault(&self.brokers_down) {
+            return Some(format!("no broker reachable: {why}"));
+        }
+        if let Some(why) = fault(&self.retrying) {
+            return Some(format!(
+                "a commit failed and its batch is being retried: {why}"
+            ));
+        }
         if !self.assigned.load(Ordering::Acquire) {
             return Some("waiting for the group to assign partitions".into());
         }
@@ -191,6 +207,17 @@ impl Status {
 
     fn set_ready(&self) {
         self.metrics.set_ready(self.ready());
+    }
+
+    fn set_fault(&self, fault: &Mutex<Option<String>>, why: Option<String>) {
+        if let Ok(mut f) = fault.lock() {
+            *f = why;
+        }
+        self.set_ready();
+    }
+
+    fn has_fault(fault: &Mutex<Option<String>>) -> bool {
+        fault.lock().is_ok_and(|f| f.is_some())
     }
 }
 
@@ -311,14 +338,20 @@ struct Ends {
     order_finished: bool,
 }
 
+/// A partition's end offset as the broker last answered it (None: no answer), and when.
+type LiveEnd = (Option<i64>, Instant);
+
 /// Everything the poll loop and the rebalance callback share. The callback runs inside
 /// `poll`, on the loop's own thread, so the lock is never contended; it exists to give both
 /// places mutable access.
 struct Engine {
     config: Config,
     names: TopicNames,
-    /// Live mode: each order-stage input partition's end offset as last reported, and when.
-    live_ends: RefCell<BTreeMap<(String, i32), (i64, Instant)>>,
+    /// Live mode: each order-stage input partition's end offset as last reported (None: the
+    /// question failed), and when.
+    live_ends: RefCell<BTreeMap<(String, i32), LiveEnd>>,
+    /// After an end-offset query failed: no query before this, for any partition.
+    end_queries_after: Cell<Option<Instant>>,
     codec: Arc<Codec>,
     layout: Layout,
     partitions: BTreeMap<String, u32>,
@@ -344,11 +377,36 @@ struct Engine {
     processing_started: Option<Instant>,
     /// An error raised inside the rebalance callback, which cannot return one.
     fatal: Option<RuntimeError>,
+    /// A failed commit's batch, waiting to be processed again.
+    retry: Option<Retry>,
+    /// The producer holds records of a dropped batch: the next tasks opened get a new one.
+    stale_producer: bool,
 }
 
-/// The consumer's context: routes rebalances to the engine.
+/// A batch whose commit failed on the broker's side (see `Engine::rewind`).
+struct Retry {
+    /// Failures in a row: the wait doubles with each, up to `runtime.retry_backoff_max_ms`.
+    attempts: u32,
+    /// While the tasks are closed: when to reopen them from their last commit.
+    reopen_at: Option<Instant>,
+}
+
+/// The consumer's context: routes rebalances to the engine, and broker reachability to the
+/// status.
 struct GroupContext {
     engine: Mutex<Engine>,
+    status: Arc<Status>,
+}
+
+impl ClientContext for GroupContext {
+    /// librdkafka's periodic statistics, delivered inside `poll` on the loop's thread.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.engine().set_lag(&statistics);
+        let up = |b: &rdkafka::statistics::Broker| b.nodeid >= 0 && b.state == "UP";
+        if statistics.brokers.values().any(up) {
+            self.brokers_up();
+        }
+    }
 }
 
 impl GroupContext {
@@ -357,12 +415,35 @@ impl GroupContext {
         // persist: commits are atomic WriteBatches.
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-impl ClientContext for GroupContext {
-    /// librdkafka's periodic statistics, delivered inside `poll` on the loop's thread.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.engine().set_lag(&statistics);
+    /// An error event from the consumer's poll. librdkafka retries connections by itself;
+    /// what the process owes the operator is to say it is not ready while no broker answers,
+    /// and why. A fatal error ends the client, and the run.
+    fn consumer_error(&self, error: KafkaError) -> Result<(), RuntimeError> {
+        match error {
+            KafkaError::MessageConsumptionFatal(_) => Err(error.into()),
+            _ if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => Err(error.into()),
+            _ if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) => {
+                if !Status::has_fault(&self.status.brokers_down) {
+                    tracing::warn!(error = %error, "no broker reachable; not ready until one answers");
+                }
+                let why = Some(error.to_string());
+                self.status.set_fault(&self.status.brokers_down, why);
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(error = %error, "consumer error");
+                Ok(())
+            }
+        }
+    }
+
+    /// A broker has answered: a record arrived, or the statistics show a connection up.
+    fn brokers_up(&self) {
+        if Status::has_fault(&self.status.brokers_down) {
+            tracing::info!("a broker answers again");
+            self.status.set_fault(&self.status.brokers_down, None);
+        }
     }
 }
 
@@ -410,10 +491,30 @@ impl Engine {
         // The group has answered; the instance is ready once every task below is open.
         self.status.assigned.store(true, Ordering::Release);
         self.status.opening.store(true, Ordering::Release);
-        let opened = self.open_assigned(tpl);
+        // Whatever a failed commit dropped is processed again by the tasks opened here.
+        if let Some(retry) = &mut self.retry {
+            retry.reopen_at = None;
+        }
+        let opened = self.renew_producer().and_then(|()| self.open_assigned(tpl));
         self.status.opening.store(false, Ordering::Release);
         self.rebalanced("assigned");
         opened
+    }
+
+    /// After a dropped batch, a new producer, as a restart would have: the old one's queue
+    /// holds records of that batch, and its idempotence state (sequence numbers, an open
+    /// transaction) may not match what the broker kept. Dropping it purges them.
+    fn renew_producer(&mut self) -> Result<(), RuntimeError> {
+        if self.stale_producer {
+            self.producer = open_producer(
+                &self.config,
+                &self.state_root,
+                &self.status.metrics,
+                self.transactional,
+            )?;
+            self.stale_producer = false;
+        }
+        Ok(())
     }
 
     fn open_assigned(&mut self, tpl: &mut TopicPartitionList) -> Result<(), RuntimeError> {
@@ -579,7 +680,19 @@ impl Engine {
         let timeout = Duration::from_millis(self.config.runtime.produce_ack_timeout_ms);
         if let Err(e) = self.commit(consumer, timeout) {
             self.abandon();
-            return Err(e);
+            if !self.retriable(&e) {
+                return Err(e);
+            }
+            // The batch is the next owner's to process again, from the same last commit.
+            self.status.metrics.emit(Occurrence::CommitFailed {
+                error: &e.to_string(),
+                attempts: self.retry.as_ref().map_or(0, |r| r.attempts) + 1,
+                retry_in: Duration::ZERO,
+            });
+            self.retry = None;
+            self.status.set_fault(&self.status.retrying, None);
+            tracing::info!("partitions revoked; tasks closed without their failed batch");
+            return Ok(());
         }
         self.collect_report()?;
         self.close_all();
@@ -587,10 +700,137 @@ impl Engine {
         Ok(())
     }
 
+    /// Commits, and survives a commit that failed on the broker's side (see `rewind`).
+    fn commit_or_retry(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        ack_timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        match self.commit(consumer, ack_timeout) {
+            Ok(()) => {
+                // Done once the reopened tasks commit; while they wait to reopen, there was
+                // nothing to commit.
+                if self.retry.as_ref().is_some_and(|r| r.reopen_at.is_none()) {
+                    self.retry = None;
+                    tracing::info!("committed again after failed commits");
+                    self.status.set_fault(&self.status.retrying, None);
+                }
+                Ok(())
+            }
+            Err(e) if self.retriable(&e) => self.rewind(consumer, &e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Errors a later attempt can get past: records the broker refused or did not acknowledge
+    /// in time, a transaction that failed, a broker that cannot be reached to restore from,
+    /// even a producer that librdkafka declared failed for good (the retry opens a new one).
+    /// Not: a producer fenced by another instance with this transactional id, which now owns
+    /// the partitions; nor the disk, the schemas or the registry.
+    fn retriable(&self, e: &RuntimeError) -> bool {
+        let fenced = self
+            .producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| {
+                matches!(
+                    code,
+                    RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            });
+        !fenced
+            && matches!(
+                e,
+                RuntimeError::Client(ClientError::Unacknowledged { .. })
+                    | RuntimeError::Client(ClientError::Kafka(_))
+                    | RuntimeError::Kafka(_)
+                    | RuntimeError::Restore(RestoreError::Kafka(_))
+            )
+    }
+
+    /// A failed commit: nothing of its batch reached RocksDB or the group, but some of its
+    /// records may have reached the broker. Retrying only the flush would skip whatever the
+    /// broker refused, so the batch is dropped as a crash would drop it: the tasks close
+    /// without writing it (an open transaction aborts), their partitions pause, and after a
+    /// backoff `reopen_due` opens them again from their last commit, restoring any changelog
+    /// tail the failed batch left, exactly as a restart would. The batch is then processed
+    /// again and produces the same records, so none is skipped; records that did land repeat
+    /// byte for byte. The instance reports not ready until a commit succeeds.
+    fn rewind(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        error: &RuntimeError,
+    ) -> Result<(), RuntimeError> {
+        let attempts = self.retry.as_ref().map_or(0, |r| r.attempts) + 1;
+        let runtime = &self.config.runtime;
+        let doublings = attempts.saturating_sub(1).min(20);
+        let wait_ms = runtime
+            .retry_backoff_ms
+            .saturating_mul(1 << doublings)
+            .min(runtime.retry_backoff_max_ms);
+        let retry_in = Duration::from_millis(wait_ms);
+        let why = error.to_string();
+        self.status.metrics.emit(Occurrence::CommitFailed {
+            error: &why,
+            attempts,
+            retry_in,
+        });
+        self.abandon();
+        if let Some(ends) = &mut self.ends {
+            // The end of input the dropped batch announced is announced again.
+            ends.order_finished = false;
+        }
+        consumer.pause(&consumer.assignment()?)?;
+        self.retry = Some(Retry {
+            attempts,
+            reopen_at: Some(Instant::now() + retry_in),
+        });
+        let fault = format!("attempt {attempts}, next in {wait_ms} ms: {why}");
+        self.status.set_fault(&self.status.retrying, Some(fault));
+        Ok(())
+    }
+
+    /// Reopens the tasks a failed commit closed once their backoff has passed: each partition
+    /// seeks to its task's last committed offset and resumes. A reopen that fails for a
+    /// retriable reason (the broker is still away) waits out a longer backoff.
+    fn reopen_due(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
+        let due = self
+            .retry
+            .as_ref()
+            .and_then(|r| r.reopen_at)
+            .is_some_and(|at| Instant::now() >= at);
+        if !due {
+            return Ok(());
+        }
+        match self.reopen(consumer) {
+            Ok(()) => Ok(()),
+            Err(e) if self.retriable(&e) => self.rewind(consumer, &e),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reopen(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
+        let mut tpl = consumer.assignment()?;
+        self.open_tasks(&mut tpl)?;
+        consumer.seek_partitions(tpl.clone(), kafka::REQUEST_TIMEOUT)?;
+        consumer.resume(&tpl)?;
+        tracing::info!(
+            attempts = self.retry.as_ref().map_or(0, |r| r.attempts),
+            "tasks reopened at their last commit; processing the failed batch again"
+        );
+        Ok(())
+    }
+
     /// Drops every task without committing, as a crash would: after an error nothing of the
     /// current batch may be committed, not even by the revocation that closing the consumer
     /// triggers (its acknowledgements may be the ones that failed).
     fn abandon(&mut self) {
+        // The dropped batch's records are processed again; the report counts each record once.
+        let dropped: usize = self.order.values().map(|s| s.processed_since_commit).sum();
+        self.report.processed_this_run = self
+            .report
+            .processed_this_run
+            .saturating_sub(dropped as u64);
         if self.transactional {
             let timeout = Duration::from_millis(self.config.runtime.produce_ack_timeout_ms);
             if let Err(e) = self.producer.abort_transaction(timeout) {
@@ -601,6 +841,7 @@ impl Engine {
         }
         self.close_all();
         self.dirty = false;
+        self.stale_producer = true;
     }
 
     /// Closes every task, after its state readers are gone: a query never reads a closed task,
@@ -793,20 +1034,30 @@ impl Engine {
         let key = (topic.to_string(), partition);
         let mut known = self.live_ends.borrow_mut();
         if let Some((end, at)) = known.get(&key) {
-            if *end > next || at.elapsed() < END_OFFSET_REFRESH {
-                return Some(*end);
+            if end.is_some_and(|end| end > next) || at.elapsed() < END_OFFSET_REFRESH {
+                return *end;
             }
         }
-        match consumer.fetch_watermarks(topic, partition, END_OFFSET_TIMEOUT) {
-            Ok((_, high)) => {
-                known.insert(key, (high, Instant::now()));
-                Some(high)
-            }
+        // With the broker away, asking every partition every round would hold the loop for
+        // the timeout each time, and with it polling, readiness and the retry of commits.
+        if self
+            .end_queries_after
+            .get()
+            .is_some_and(|after| Instant::now() < after)
+        {
+            return None;
+        }
+        let end = match consumer.fetch_watermarks(topic, partition, END_OFFSET_TIMEOUT) {
+            Ok((_, high)) => Some(high),
             Err(e) => {
                 tracing::debug!(topic, partition, error = %e, "end offset query failed");
+                self.end_queries_after
+                    .set(Some(Instant::now() + END_OFFSET_RETRY));
                 None
             }
-        }
+        };
+        known.insert(key, (end, Instant::now()));
+        end
     }
 
     /// One round of processing: every task runs on what it has buffered, up to its share of
@@ -880,7 +1131,7 @@ impl Engine {
                         .live_ends
                         .borrow()
                         .get(&(topic.to_string(), *p as i32))
-                        .map(|(end, _)| *end),
+                        .and_then(|(end, _)| *end),
                 };
                 tracing::info!(
                     topic,
@@ -1559,6 +1810,33 @@ fn send(
 /// The consumer's own settings: a group member that never commits on its own (the commit
 /// protocol does) and gets co-partitioned inputs together (range assignment gives partition p
 /// of every topic with the same partition count to the same member).
+/// The producer of every output, command, changelog and checkpoint record. Under
+/// `exactly_once` it is transactional, with a transaction begun.
+fn open_producer(
+    config: &Config,
+    state_root: &std::path::Path,
+    metrics: &Arc<Metrics>,
+    transactional: bool,
+) -> Result<BaseProducer<Acks>, RuntimeError> {
+    let mut producer_config = kafka::producer_config(config);
+    if transactional {
+        let id = transactional_id(config, state_root)?;
+        tracing::info!(transactional_id = %id, "exactly_once: transactional producer");
+        producer_config.set("transactional.id", id);
+    }
+    // The acknowledgements' offsets tell each checkpoint where its batch ends.
+    let producer: BaseProducer<Acks> =
+        producer_config.create_with_context(Acks::observed(metrics.clone()))?;
+    if transactional {
+        // Fences any earlier producer with this id (a zombie of this instance, or this
+        // process's own producer before a failed commit) and aborts whatever transaction it
+        // left open.
+        producer.init_transactions(kafka::REQUEST_TIMEOUT)?;
+        producer.begin_transaction()?;
+    }
+    Ok(producer)
+}
+
 fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
     let mut c = kafka::client_config(config);
     c.set("group.id", &config.kafka.application_id)
@@ -1634,8 +1912,10 @@ fn capture_ends(
 /// How long a live run trusts the end offset the broker reported for a partition it has
 /// caught up with before asking again.
 const END_OFFSET_REFRESH: Duration = Duration::from_millis(200);
-/// How long that question may take.
-const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long that question may take: a broker that is up answers in milliseconds.
+const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long no partition's end is asked after a question failed.
+const END_OFFSET_RETRY: Duration = Duration::from_secs(5);
 
 /// How often the task gauges are set at most.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -1705,25 +1985,12 @@ pub fn run_from(
     };
     let state_root = config.state.dir.join(&config.kafka.application_id);
     let transactional = config.kafka.processing_guarantee == Guarantee::ExactlyOnce;
-    let mut producer_config = kafka::producer_config(config);
-    if transactional {
-        let id = transactional_id(config, &state_root)?;
-        tracing::info!(transactional_id = %id, "exactly_once: transactional producer");
-        producer_config.set("transactional.id", id);
-    }
-    // The acknowledgements' offsets tell each checkpoint where its batch ends.
-    let producer: BaseProducer<Acks> =
-        producer_config.create_with_context(Acks::observed(status.metrics.clone()))?;
-    if transactional {
-        // Fences any earlier producer with this id (a zombie of this instance) and aborts
-        // whatever transaction it left open.
-        producer.init_transactions(kafka::REQUEST_TIMEOUT)?;
-        producer.begin_transaction()?;
-    }
+    let producer = open_producer(config, &state_root, &status.metrics, transactional)?;
     let engine = Engine {
         config: config.clone(),
         names: names.clone(),
         live_ends: RefCell::new(BTreeMap::new()),
+        end_queries_after: Cell::new(None),
         codec,
         layout,
         partitions,
@@ -1743,9 +2010,12 @@ pub fn run_from(
         report: RunReport::default(),
         processing_started: None,
         fatal: None,
+        retry: None,
+        stale_producer: false,
     };
     let context = GroupContext {
         engine: Mutex::new(engine),
+        status: status.clone(),
     };
     let consumer: BaseConsumer<GroupContext> =
         consumer_config(config).create_with_context(context)?;
@@ -1795,10 +2065,12 @@ pub fn run_from(
             // Poll without the lock: a rebalance callback inside poll takes it.
             batch.clear();
             let mut timeout = wait;
+            let mut reached_broker = false;
             while batch.len() < poll_max {
                 match consumer.poll(timeout) {
                     None => break,
                     Some(Ok(m)) => {
+                        reached_broker = true;
                         if let Some(slot) = names.slot(m.topic()) {
                             batch.push(Consumed {
                                 slot,
@@ -1809,15 +2081,14 @@ pub fn run_from(
                             });
                         }
                     }
-                    // librdkafka retries what can be retried; a fatal error ends the client.
-                    Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
-                        return Err(e.into())
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                    Some(Err(e)) => consumer.context().consumer_error(e)?,
                 }
                 timeout = Duration::ZERO;
             }
             let ctx = consumer.context();
+            if reached_broker {
+                ctx.brokers_up();
+            }
             let mut engine = ctx.engine();
             if let Some(e) = engine.fatal.take() {
                 return Err(e);
@@ -1842,13 +2113,16 @@ pub fn run_from(
             let finished_now = engine.finish_order_stage(&consumer)?;
             if engine.commit_due() || finished_now {
                 engine.advance_idle(&consumer)?;
-                engine.commit(&consumer, ack_timeout)?;
+                engine.commit_or_retry(&consumer, ack_timeout)?;
             }
             engine.resume_drained(&consumer)?;
             if engine.bounded_done() {
-                engine.commit(&consumer, ack_timeout)?;
-                break;
+                engine.commit_or_retry(&consumer, ack_timeout)?;
+                if engine.retry.is_none() {
+                    break;
+                }
             }
+            engine.reopen_due(&consumer)?;
             if processed > 0 || polled > 0 {
                 last_progress = Instant::now();
             } else if last_progress.elapsed() > STALL_REPORT {

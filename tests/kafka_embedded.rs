@@ -6,13 +6,12 @@
 mod broker;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use orderfold::config::Config;
-use orderfold::inspect::LocalState;
 use orderfold::kafka;
-use orderfold::kafka::ClientError;
+use orderfold::metrics::Metrics;
 use orderfold::runtime::{self, Mode, RuntimeError, Shutdown, Status};
-use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -86,53 +85,70 @@ fn a_misconfigured_layout_is_refused_naming_the_topics() {
     assert!(!state.path().join(&config.kafka.application_id).exists());
 }
 
+/// A metric's value in a text exposition (0 when absent).
+fn metric(status: &Status, name: &str) -> f64 {
+    let text = String::from_utf8(status.metrics.encode().unwrap()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[test]
-fn a_refused_output_stops_the_run_and_commits_nothing_of_its_batch() {
+fn a_refused_output_holds_its_batch_back_and_is_retried_until_the_broker_takes_it() {
     let cluster = MockCluster::new(1).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    config.runtime.retry_backoff_ms = 50;
+    config.runtime.retry_backoff_max_ms = 400;
     create_topics(&cluster, &config);
     let (_, records) = broker::workload(5, 300);
     produce(&config, &records);
-    // From now on the broker refuses writes with an error no retry can fix.
+    // From now on the broker refuses writes with an error no retry inside librdkafka fixes
+    // (far more of them than the run below can use up).
     cluster.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 200],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 10_000],
     );
-    // Live mode: leaving the group revokes the partitions, and revocation commits, unless the
-    // runtime has abandoned the failed batch first.
-    let err = runtime::run(
-        &config,
-        Mode::Live,
-        Shutdown::default(),
-        Arc::new(Status::unobserved().unwrap()),
-    )
-    .expect_err("a run whose outputs are refused must fail");
-    // Refused in the delivery report, or at the next send once the idempotent producer has
-    // failed for good: either way, a refused write.
-    assert!(
-        matches!(
-            err,
-            RuntimeError::Client(ClientError::Unacknowledged { .. })
-                | RuntimeError::Kafka(KafkaError::MessageProduction(_))
-        ),
-        "{err}"
-    );
-    // The tasks processed records, but none of their state or offsets reached RocksDB.
-    let local = LocalState::open(&config).unwrap();
-    assert!(!local.order_tasks.is_empty());
-    for t in &local.order_tasks {
-        assert_eq!(
-            t.meta().next_offsets,
-            [0; 3],
-            "order task {}",
-            t.partition()
+    let status = Arc::new(Status::new(Metrics::new(true).unwrap()));
+    let worker = {
+        let (config, status) = (config.clone(), status.clone());
+        std::thread::spawn(move || {
+            runtime::run(&config, Mode::UntilEnd, Shutdown::default(), status)
+        })
+    };
+    // While the broker refuses, commits fail again and again, none succeeds, and the
+    // instance says why it is not ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&status, "orderfold_commit_failures_total") < 3.0 {
+        assert!(Instant::now() < deadline, "commits did not fail and retry");
+        assert!(
+            !worker.is_finished(),
+            "the run ended while the broker refused"
         );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    for t in &local.sku_tasks {
-        assert_eq!(t.meta().next_offsets, [0; 2], "sku task {}", t.partition());
-    }
-    assert!(local.orders().unwrap().is_empty());
+    assert_eq!(
+        metric(&status, "orderfold_commit_duration_seconds_count"),
+        0.0
+    );
+    let why = status.not_ready_because().unwrap_or_default();
+    assert!(why.contains("commit failed"), "{why}");
+    // The broker takes writes again: the held-back batch is processed again and commits.
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let report = worker
+        .join()
+        .unwrap()
+        .expect("the run finishes once writes succeed");
+    assert!(status.ready(), "{:?}", status.not_ready_because());
+    assert_eq!(
+        report.processed_this_run,
+        broker::order_stage_records(&records)
+    );
+    // Nothing skipped: every output the driver computes is there (the refused attempts'
+    // records that did land repeat byte for byte).
+    let want = broker::expected(&records, &config, 2, 2);
+    let got = broker::actual(&config, true);
+    broker::assert_same(&got, &want);
 }
 
 #[test]
@@ -192,11 +208,12 @@ fn exactly_once_runs_the_transaction_flow_and_equals_the_driver() {
 /// local state, and the next run (its producer fencing the old one by transactional id)
 /// processes the batch again and finishes.
 #[test]
-fn a_transaction_that_cannot_commit_is_aborted_and_the_next_run_recovers() {
+fn a_transaction_that_cannot_commit_is_aborted_and_its_batch_processed_again() {
     let cluster = MockCluster::new(1).unwrap();
     let state = tempfile::tempdir().unwrap();
     let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
     config.kafka.processing_guarantee = orderfold::config::Guarantee::ExactlyOnce;
+    config.runtime.retry_backoff_ms = 50;
     // Without changelogs, so recovery goes through local state and input offsets alone: the
     // mock cluster would let a restore read the aborted batch's checkpoint, which a real
     // broker hides from read_committed readers.
@@ -209,22 +226,15 @@ fn a_transaction_that_cannot_commit_is_aborted_and_the_next_run_recovers() {
         RDKafkaApiKey::EndTxn,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
     );
-    let err =
-        run_until_end(&config).expect_err("a transaction that cannot commit must stop the run");
-    assert!(matches!(err, RuntimeError::Kafka(_)), "{err}");
-    let local = LocalState::open(&config).unwrap();
-    assert!(!local.order_tasks.is_empty());
-    for t in &local.order_tasks {
-        assert_eq!(
-            t.meta().next_offsets,
-            [0; 3],
-            "order task {}",
-            t.partition()
-        );
-    }
-    drop(local);
-
-    let report = run_until_end(&config).unwrap();
+    let status = Arc::new(Status::new(Metrics::new(true).unwrap()));
+    let report = runtime::run(&config, Mode::UntilEnd, Shutdown::default(), status.clone())
+        .expect("the run survives a transaction that cannot commit");
+    let metrics = String::from_utf8(status.metrics.encode().unwrap()).unwrap();
+    assert!(
+        metrics.contains("orderfold_commit_failures_total 1"),
+        "the refused commit was not counted:\n{metrics}"
+    );
+    // The dropped batch was processed again, and each record counts once.
     assert_eq!(
         report.processed_this_run,
         broker::order_stage_records(&records)
