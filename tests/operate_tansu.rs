@@ -9,75 +9,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use broker::http::{free_port, get, spawn_served, sum_for_topic, wait_for};
 use broker::process::{
-    check, generate, orderfold, setup, setup_empty, spawn_run_logged, wait_assigned,
-    wait_committed, Running, SKU_PARTITIONS,
+    check, generate, orderfold, setup, setup_empty, wait_assigned, wait_committed, Running,
+    SKU_PARTITIONS,
 };
 use orderfold::driver::topics;
 use orderfold::partition::partition_for_key;
-
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET `url`: status, the partition header if any, and the body. Connection errors are an
-/// `Err`: the server may not listen yet.
-fn get(url: &str) -> Result<(u16, Option<String>, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
-    let partition = response
-        .headers()
-        .get(orderfold::http::PARTITION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
-    Ok((status, partition, body))
-}
-
-/// Polls `probe` until it returns Some, or fails naming `what` after `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A live instance serving HTTP on `port`, its state in `state_dir`.
-fn spawn_served(
-    config_file: &Path,
-    state_dir: &Path,
-    port: u16,
-) -> (Running, std::sync::mpsc::Receiver<String>) {
-    spawn_run_logged(
-        config_file,
-        &[],
-        &[
-            ("ORDERFOLD_HTTP_BIND", &format!("127.0.0.1:{port}")),
-            ("ORDERFOLD_STATE_DIR", state_dir.to_str().unwrap()),
-            ("ORDERFOLD_METRICS_LAG_INTERVAL_MS", "500"),
-            // A member that joins or leaves moves partitions in seconds, not 45.
-            ("ORDERFOLD_LIBRDKAFKA_SESSION_TIMEOUT_MS", "6000"),
-            ("ORDERFOLD_LIBRDKAFKA_HEARTBEAT_INTERVAL_MS", "1000"),
-        ],
-    )
-}
 
 /// One number from Prometheus's HTTP API: the value of an instant query's single result.
 fn prometheus_value(api: &str, query: &str) -> Option<f64> {
@@ -187,7 +125,7 @@ fn a_real_prometheus_scrapes_processed_records_and_the_workloads_oversell_alerts
 }
 
 /// Every family the operations guide and the dashboard use, by name.
-const FAMILIES: [&str; 23] = [
+const FAMILIES: [&str; 25] = [
     "orderfold_records_consumed_total",
     "orderfold_records_processed_total",
     "orderfold_records_applied_total",
@@ -200,6 +138,8 @@ const FAMILIES: [&str; 23] = [
     "orderfold_alerts_total",
     "orderfold_expiries_total",
     "orderfold_commit_duration_seconds",
+    "orderfold_commit_failures_total",
+    "orderfold_delivery_failures_total",
     "orderfold_end_to_end_latency_seconds",
     "orderfold_consumer_lag_records",
     "orderfold_stream_time_seconds",
@@ -292,15 +232,6 @@ fn every_metric_family_is_exported_after_a_short_run() {
             );
         }
     }
-}
-
-/// The sum of a family's samples whose `topic` label is `topic`, in a text exposition.
-fn sum_for_topic(body: &str, family: &str, topic: &str) -> f64 {
-    let label = format!("topic=\"{topic}\"");
-    body.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(&label))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 /// Every `orderfold_...` or `process_...` metric name in `text`.

@@ -3,6 +3,7 @@
 //! result read back from the broker's topics and the task state.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,7 +111,7 @@ const OUTPUTS: [&str; 3] = [
     topics::OVERSELL_ALERTS,
 ];
 
-fn header(headers: &[(String, Vec<u8>)], name: &str) -> String {
+pub fn header(headers: &[(String, Vec<u8>)], name: &str) -> String {
     headers
         .iter()
         .find(|(k, _)| k == name)
@@ -118,19 +119,44 @@ fn header(headers: &[(String, Vec<u8>)], name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// One input record as bytes: the driver's topic name, key and value, as a producer sends it
+/// (bad input included: no key, no value, bytes that are no record).
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub topic: &'static str,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// The workload's records as bytes, encoded with orderfold's own schemas.
+pub fn encode_all(records: &[Generated]) -> Vec<RawRecord> {
+    let codec = Codec::new().unwrap();
+    records
+        .iter()
+        .map(|r| RawRecord {
+            topic: r.topic,
+            key: r.key.clone().map(String::into_bytes),
+            value: Some(r.encode(&codec).unwrap()),
+        })
+        .collect()
+}
+
 /// What the broker-free driver computes from the same log, with the same partition counts.
 pub fn expected(records: &[Generated], config: &Config, order_p: u32, sku_p: u32) -> Outcome {
+    expected_raw(&encode_all(records), config, order_p, sku_p)
+}
+
+/// `expected` for a log given as bytes.
+pub fn expected_raw(records: &[RawRecord], config: &Config, order_p: u32, sku_p: u32) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let topology = Topology {
         order_partitions: order_p,
         sku_partitions: sku_p,
     };
     let mut driver = Driver::open(dir.path(), topology, config.clone()).unwrap();
-    let codec = driver.codec().clone();
     for r in records {
-        let value = r.encode(&codec).unwrap();
         driver
-            .pipe(r.topic, r.key.as_deref().map(str::as_bytes), Some(value))
+            .pipe(r.topic, r.key.as_deref(), r.value.clone())
             .unwrap();
     }
     driver.finish(config.limits.commit_records_max).unwrap();
@@ -162,6 +188,24 @@ pub fn expected(records: &[Generated], config: &Config, order_p: u32, sku_p: u32
         skus: driver.skus().unwrap(),
         orders: driver.orders().unwrap(),
     }
+}
+
+/// Produces records given as bytes to the config's topics, in order.
+pub fn produce_raw(config: &Config, records: &[RawRecord]) {
+    let names = TopicNames::from_config(config);
+    kafka::produce_all(
+        config,
+        records.iter().map(|r| {
+            (
+                names.external(r.topic).unwrap(),
+                r.key.as_deref(),
+                r.value.as_deref(),
+            )
+        }),
+        None,
+        |_| {},
+    )
+    .unwrap();
 }
 
 /// Every output topic as read from the broker, by the driver's topic names.
