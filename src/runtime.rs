@@ -37,6 +37,12 @@ pub enum RuntimeError {
     Client(#[from] ClientError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("kafka: the producer refused a record for {topic} partition {partition:?}: {error}")]
+    Send {
+        topic: String,
+        partition: Option<i32>,
+        error: KafkaError,
+    },
     #[error(transparent)]
     Task(#[from] TaskError),
     #[error(transparent)]
@@ -706,18 +712,31 @@ impl Engine {
         consumer: &BaseConsumer<GroupContext>,
         ack_timeout: Duration,
     ) -> Result<(), RuntimeError> {
-        match self.commit(consumer, ack_timeout) {
-            Ok(()) => {
-                // Done once the reopened tasks commit; while they wait to reopen, there was
-                // nothing to commit.
-                if self.retry.as_ref().is_some_and(|r| r.reopen_at.is_none()) {
-                    self.retry = None;
-                    tracing::info!("committed again after failed commits");
-                    self.status.set_fault(&self.status.retrying, None);
-                }
-                Ok(())
+        let committed = self.commit(consumer, ack_timeout);
+        // Done once the reopened tasks commit; while they wait to reopen, there was nothing to
+        // commit.
+        if committed.is_ok() && self.retry.as_ref().is_some_and(|r| r.reopen_at.is_none()) {
+            self.retry = None;
+            tracing::info!("committed again after failed commits");
+            self.status.set_fault(&self.status.retrying, None);
+        }
+        self.or_retry(consumer, committed)
+    }
+
+    /// A step of the batch that failed on the broker's side (a record the producer refused
+    /// at once, a commit) drops the batch and schedules its retry (see `rewind`), and the
+    /// loop goes on; any other error ends the run.
+    fn or_retry<T: Default>(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        result: Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) if self.retriable(&e) => {
+                self.rewind(consumer, &e)?;
+                Ok(T::default())
             }
-            Err(e) if self.retriable(&e) => self.rewind(consumer, &e),
             Err(e) => Err(e),
         }
     }
@@ -744,6 +763,7 @@ impl Engine {
                 RuntimeError::Client(ClientError::Unacknowledged { .. })
                     | RuntimeError::Client(ClientError::Kafka(_))
                     | RuntimeError::Kafka(_)
+                    | RuntimeError::Send { .. }
                     | RuntimeError::Restore(RestoreError::Kafka(_))
             )
     }
@@ -802,11 +822,8 @@ impl Engine {
         if !due {
             return Ok(());
         }
-        match self.reopen(consumer) {
-            Ok(()) => Ok(()),
-            Err(e) if self.retriable(&e) => self.rewind(consumer, &e),
-            Err(e) => Err(e),
-        }
+        let reopened = self.reopen(consumer);
+        self.or_retry(consumer, reopened)
     }
 
     fn reopen(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
@@ -1178,7 +1195,12 @@ impl Engine {
             let opaque = metrics::delivery_opaque(sent, r.cause_time);
             let targets: Vec<Option<i32>> = match r.route {
                 Route::ByKey => vec![None],
-                Route::Partition(p) => vec![Some(p as i32)],
+                // The source's partition, folded onto the topic's: the dead-letter topic
+                // usually has one partition, whatever its sources have.
+                Route::Partition(p) => {
+                    let count = partitions.get(topic).copied().unwrap_or(1).max(1);
+                    vec![Some((p % count) as i32)]
+                }
                 Route::EveryPartition => (0..partitions.get(topic).copied().unwrap_or(1))
                     .map(|p| Some(p as i32))
                     .collect(),
@@ -1802,14 +1824,17 @@ fn send(
                 record = r;
                 producer.poll(Duration::from_millis(10));
             }
-            Err((e, _)) => return Err(e.into()),
+            Err((error, r)) => {
+                return Err(RuntimeError::Send {
+                    topic: r.topic.to_string(),
+                    partition: r.partition,
+                    error,
+                })
+            }
         }
     }
 }
 
-/// The consumer's own settings: a group member that never commits on its own (the commit
-/// protocol does) and gets co-partitioned inputs together (range assignment gives partition p
-/// of every topic with the same partition count to the same member).
 /// The producer of every output, command, changelog and checkpoint record. Under
 /// `exactly_once` it is transactional, with a transaction begun.
 fn open_producer(
@@ -1837,6 +1862,9 @@ fn open_producer(
     Ok(producer)
 }
 
+/// The consumer's own settings: a group member that never commits on its own (the commit
+/// protocol does) and gets co-partitioned inputs together (range assignment gives partition p
+/// of every topic with the same partition count to the same member).
 fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
     let mut c = kafka::client_config(config);
     c.set("group.id", &config.kafka.application_id)
@@ -2108,11 +2136,14 @@ pub fn run_from(
                     status.metrics.emit(Occurrence::Consumed { topic, records });
                 }
             }
-            let processed = engine.run_tasks(&consumer)?;
+            let processed = engine.run_tasks(&consumer);
+            let processed = engine.or_retry(&consumer, processed)?;
             tracing::trace!(polled, processed, "round");
-            let finished_now = engine.finish_order_stage(&consumer)?;
+            let finished_now = engine.finish_order_stage(&consumer);
+            let finished_now = engine.or_retry(&consumer, finished_now)?;
             if engine.commit_due() || finished_now {
-                engine.advance_idle(&consumer)?;
+                let advanced = engine.advance_idle(&consumer);
+                engine.or_retry(&consumer, advanced)?;
                 engine.commit_or_retry(&consumer, ack_timeout)?;
             }
             engine.resume_drained(&consumer)?;
