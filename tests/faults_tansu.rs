@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use broker::http::{free_port, get, wait_for};
 use broker::process::{
-    check, orderfold, repo, setup_empty, spawn_run_logged, terminate, wait_committed, Tansu,
-    ORDER_PARTITIONS, SKU_PARTITIONS,
+    check, orderfold, repo, run_until_end, setup_empty, spawn_run_logged, terminate,
+    wait_committed, Tansu, ORDER_PARTITIONS, SKU_PARTITIONS,
 };
 use broker::RawRecord;
 use orderfold::codec::Codec;
 use orderfold::driver::topics;
 use orderfold::event::*;
-use support::{Scenario, T0};
+use support::{logistics_schema_version, scan_written_with, Scenario, T0};
 
 /// `scripts/tansu ACTION DIR ARGS...`, which must succeed.
 fn tansu_script(action: &str, tansu: &Tansu, args: &[&str]) {
@@ -53,6 +53,7 @@ fn bad(
             topic,
             key: key.map(|k| k.as_bytes().to_vec()),
             value,
+            partition: None,
         },
         reason,
     }
@@ -104,7 +105,7 @@ fn corpus(codec: &Codec) -> Vec<Bad> {
             .unwrap()
     };
     let received = |q| InventoryBody::StockReceived(StockReceived { quantity: q });
-    vec![
+    let mut corpus = vec![
         bad(
             "truncated Avro",
             topics::ORDERS,
@@ -257,7 +258,23 @@ fn corpus(codec: &Codec) -> Vec<Bad> {
             Some(inventory("c-inv4", "sku-1", "wh-1", received(1_001))),
             "validation",
         ),
-    ]
+    ];
+    // A record without a key lands on the producer's choice of partition; its dead letter goes
+    // to the dead-letter topic's partitions, however few. Put one on the last partition.
+    let mut keyless = bad(
+        "null key on the last partition",
+        topics::PAYMENTS,
+        None,
+        Some(
+            codec
+                .encode(&Scenario::payment_event("c-nokey2", "bad-14", T0, true))
+                .unwrap(),
+        ),
+        "validation",
+    );
+    keyless.record.partition = Some(ORDER_PARTITIONS as i32 - 1);
+    corpus.push(keyless);
+    corpus
 }
 
 /// Limits the workload's own records stay within and the corpus exceeds.
@@ -325,13 +342,7 @@ fn run_live_then_finish(s: &broker::process::Setup, log: &[RawRecord]) -> serde_
         "orderfold exited on bad input"
     );
     assert!(terminate(&mut run, &s.config).success());
-    let out = check(
-        orderfold(&s.config_file)
-            .args(["run", "--until-end"])
-            .output()
-            .unwrap(),
-        "run --until-end",
-    );
+    let out = run_until_end(&s.config_file);
     broker::process::report(&out.stdout)
 }
 
@@ -427,67 +438,16 @@ fn a_bad_input_corpus_through_the_broker_is_dead_lettered_with_its_reasons_and_t
     );
 }
 
-/// A LogisticsEvent schema edited as JSON: `drop` fields removed, `add` appended.
-fn logistics_version(drop: &[&str], add: Option<serde_json::Value>) -> String {
-    let mut schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schemas/LogisticsEvent.avsc")).unwrap();
-    let fields = schema["fields"].as_array_mut().unwrap();
-    fields.retain(|f| !drop.contains(&f["name"].as_str().unwrap()));
-    fields.extend(add);
-    schema.to_string()
-}
-
-/// A scan of `order` written with `writer`, single-object encoded; `status` as the writer's
-/// type has it.
-fn scan_with(
-    writer: &str,
-    id: &str,
-    order: &str,
-    t: Millis,
-    status: apache_avro::types::Value,
-    carrier: bool,
-) -> Vec<u8> {
-    use apache_avro::types::Value;
-    let schema = apache_avro::Schema::parse_str(writer).unwrap();
-    let mut record = apache_avro::types::Record::new(&schema).unwrap();
-    record.put("event_id", id);
-    record.put("order_id", order);
-    record.put("shipment_id", format!("sh-{order}"));
-    record.put("occurred_at", Value::TimestampMillis(t));
-    record.put("status", status);
-    if carrier {
-        record.put("carrier", Value::Union(1, Box::new("DHL".into())));
-    }
-    if schema_has(&schema, "location") {
-        record.put("location", Value::Union(0, Box::new(Value::Null)));
-        record.put("detail", Value::Union(0, Box::new(Value::Null)));
-    }
-    let mut bytes = orderfold::codec::SINGLE_OBJECT_MAGIC.to_vec();
-    bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema));
-    bytes.extend(
-        apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-            .build()
-            .unwrap()
-            .write_value_to_vec(record)
-            .unwrap(),
-    );
-    bytes
-}
-
-fn schema_has(schema: &apache_avro::Schema, field: &str) -> bool {
-    matches!(schema, apache_avro::Schema::Record(r) if r.fields.iter().any(|f| f.name == field))
-}
-
 #[test]
 fn an_evolved_writer_schema_is_applied_and_an_incompatible_one_dead_lettered_through_the_broker() {
     let mut s = setup_empty(137, 200);
     // Producers moved on: one version adds an optional `carrier`, another sends `status` as a
     // string, which no resolution can read as the enum. Both are configured.
-    let added = logistics_version(
+    let added = logistics_schema_version(
         &[],
         Some(serde_json::json!({"name": "carrier", "type": ["null", "string"], "default": null})),
     );
-    let incompatible = logistics_version(
+    let incompatible = logistics_schema_version(
         &["status"],
         Some(serde_json::json!({"name": "status", "type": "string"})),
     );
@@ -511,17 +471,19 @@ fn an_evolved_writer_schema_is_applied_and_an_incompatible_one_dead_lettered_thr
             topic: topics::ORDERS,
             key: Some(order.clone().into_bytes()),
             value: Some(codec.encode(&placed).unwrap()),
+            partition: None,
         });
         let id = format!("ev-scan-{i}");
         let raw = |value| RawRecord {
             topic: topics::LOGISTICS,
             key: Some(order.clone().into_bytes()),
             value: Some(value),
+            partition: None,
         };
         if i % 2 == 0 {
             evolved.push((
                 order.clone(),
-                raw(scan_with(
+                raw(scan_written_with(
                     &added,
                     &id,
                     &order,
@@ -532,7 +494,7 @@ fn an_evolved_writer_schema_is_applied_and_an_incompatible_one_dead_lettered_thr
             ));
         } else {
             let status = apache_avro::types::Value::String("CREATED".into());
-            refused.push(raw(scan_with(
+            refused.push(raw(scan_written_with(
                 &incompatible,
                 &id,
                 &order,
@@ -645,13 +607,7 @@ fn a_broker_stopped_for_30_s_mid_run_is_survived_and_the_result_equals_the_drive
     assert!(run.try_wait().unwrap().is_none());
     assert!(terminate(&mut run, &s.config).success());
     // The SKU stage's last commands wait for a watermark a bounded run gives them.
-    check(
-        orderfold(&s.config_file)
-            .args(["run", "--until-end"])
-            .output()
-            .unwrap(),
-        "run --until-end",
-    );
+    run_until_end(&s.config_file);
     // At least once: outputs of the dropped batches may repeat, byte-identical.
     broker::assert_matches_driver(
         &s.records,

@@ -85,6 +85,22 @@ fn a_misconfigured_layout_is_refused_naming_the_topics() {
     assert!(!state.path().join(&config.kafka.application_id).exists());
 }
 
+/// After a batch was dropped and processed again: each record counts once in the report, and
+/// outputs (byte-identical repeats dropped) and state equal the driver's.
+fn assert_processed_once_to_the_drivers_result(
+    report: &runtime::RunReport,
+    records: &[orderfold::generate::Generated],
+    config: &Config,
+) {
+    assert_eq!(
+        report.processed_this_run,
+        broker::order_stage_records(records)
+    );
+    let want = broker::expected(records, config, 2, 2);
+    let got = broker::actual(config, true);
+    broker::assert_same(&got, &want);
+}
+
 /// A metric's value in a text exposition (0 when absent).
 fn metric(status: &Status, name: &str) -> f64 {
     let text = String::from_utf8(status.metrics.encode().unwrap()).unwrap();
@@ -140,15 +156,9 @@ fn a_refused_output_holds_its_batch_back_and_is_retried_until_the_broker_takes_i
         .unwrap()
         .expect("the run finishes once writes succeed");
     assert!(status.ready(), "{:?}", status.not_ready_because());
-    assert_eq!(
-        report.processed_this_run,
-        broker::order_stage_records(&records)
-    );
     // Nothing skipped: every output the driver computes is there (the refused attempts'
     // records that did land repeat byte for byte).
-    let want = broker::expected(&records, &config, 2, 2);
-    let got = broker::actual(&config, true);
-    broker::assert_same(&got, &want);
+    assert_processed_once_to_the_drivers_result(&report, &records, &config);
 }
 
 #[test]
@@ -234,13 +244,6 @@ fn a_transaction_that_cannot_commit_is_aborted_and_its_batch_processed_again() {
         metrics.contains("orderfold_commit_failures_total 1"),
         "the refused commit was not counted:\n{metrics}"
     );
-    // The dropped batch was processed again, and each record counts once.
-    assert_eq!(
-        report.processed_this_run,
-        broker::order_stage_records(&records)
-    );
-    let want = broker::expected(&records, &config, 2, 2);
-    // The aborted batch's records stay visible on the mock cluster: compare without them.
-    let got = broker::actual(&config, true);
-    broker::assert_same(&got, &want);
+    // The aborted batch's records stay visible on the mock cluster: compared without them.
+    assert_processed_once_to_the_drivers_result(&report, &records, &config);
 }

@@ -14,13 +14,7 @@ use rand::{Rng, SeedableRng};
 #[test]
 fn a_process_run_on_tansu_equals_the_broker_free_driver() {
     let s = setup(21, 3_000);
-    let out = check(
-        orderfold(&s.config_file)
-            .args(["run", "--until-end"])
-            .output()
-            .unwrap(),
-        "run --until-end",
-    );
+    let out = run_until_end(&s.config_file);
     assert_eq!(
         processed(&out.stdout),
         broker::order_stage_records(&s.records)

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use broker::http::{free_port, get, spawn_served, sum_for_topic, wait_for};
 use broker::process::{
-    check, generate, orderfold, setup, setup_empty, wait_assigned, wait_committed, Running,
-    SKU_PARTITIONS,
+    check, generate, orderfold, run_until_end, setup, setup_empty, wait_assigned, wait_committed,
+    Running, SKU_PARTITIONS,
 };
 use orderfold::driver::topics;
 use orderfold::partition::partition_for_key;
@@ -256,13 +256,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn readyz_is_503_while_tasks_restore_then_200_and_state_queries_match_inspect() {
     // A first instance processes everything, so the changelogs hold the whole state.
     let s = setup(79, 20_000);
-    check(
-        orderfold(&s.config_file)
-            .args(["run", "--until-end"])
-            .output()
-            .unwrap(),
-        "run --until-end",
-    );
+    run_until_end(&s.config_file);
     // A second one on an empty disk restores it all before it is ready.
     let (b_port, c_port) = (free_port(), free_port());
     let (b_dir, c_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

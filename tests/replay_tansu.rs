@@ -28,16 +28,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn run_until_end(s: &Setup, what: &str) -> Output {
-    check(
-        orderfold(&s.config_file)
-            .args(["run", "--until-end"])
-            .output()
-            .unwrap(),
-        what,
-    )
-}
-
 fn inspect_all(s: &Setup) -> String {
     let out = check(
         orderfold(&s.config_file)
@@ -52,7 +42,7 @@ fn inspect_all(s: &Setup) -> String {
 #[test]
 fn replays_with_other_batch_sizes_commit_intervals_and_buffer_limits_verify_identical() {
     let s = setup(71, 3_000);
-    run_until_end(&s, "the production run");
+    run_until_end(&s.config_file);
     // Small batches, frequent commits and short buffers (partitions pause and resume all the
     // time), then the opposite.
     let settings: [(&str, &[(&str, &str)]); 3] = [
@@ -89,7 +79,7 @@ fn replays_with_other_batch_sizes_commit_intervals_and_buffer_limits_verify_iden
 #[test]
 fn a_changed_rule_fails_verify_and_names_the_first_differing_key() {
     let s = setup(73, 3_000);
-    run_until_end(&s, "the production run");
+    run_until_end(&s.config_file);
     // A shorter payment window changes which reservations expire.
     let out = replay(
         &s,
@@ -108,7 +98,7 @@ fn a_changed_rule_fails_verify_and_names_the_first_differing_key() {
 fn reset_then_run_reprocesses_from_the_start_to_the_same_state() {
     let s = setup(79, 3_000);
     let total = broker::order_stage_records(&s.records);
-    let first = run_until_end(&s, "the first run");
+    let first = run_until_end(&s.config_file);
     assert_eq!(processed(&first.stdout), total);
     let before = inspect_all(&s);
     let dry = check(
@@ -124,7 +114,7 @@ fn reset_then_run_reprocesses_from_the_start_to_the_same_state() {
         orderfold(&s.config_file).arg("reset").output().unwrap(),
         "reset",
     );
-    let second = run_until_end(&s, "the run after the reset");
+    let second = run_until_end(&s.config_file);
     assert_eq!(processed(&second.stdout), total);
     assert_eq!(inspect_all(&s), before);
 }

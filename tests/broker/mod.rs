@@ -121,11 +121,13 @@ pub fn header(headers: &[(String, Vec<u8>)], name: &str) -> String {
 
 /// One input record as bytes: the driver's topic name, key and value, as a producer sends it
 /// (bad input included: no key, no value, bytes that are no record).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RawRecord {
     pub topic: &'static str,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// A partition of the producer's choosing (a record without a key lands anywhere).
+    pub partition: Option<i32>,
 }
 
 /// The workload's records as bytes, encoded with orderfold's own schemas.
@@ -137,6 +139,7 @@ pub fn encode_all(records: &[Generated]) -> Vec<RawRecord> {
             topic: r.topic,
             key: r.key.clone().map(String::into_bytes),
             value: Some(r.encode(&codec).unwrap()),
+            partition: None,
         })
         .collect()
 }
@@ -190,22 +193,32 @@ pub fn expected_raw(records: &[RawRecord], config: &Config, order_p: u32, sku_p:
     }
 }
 
-/// Produces records given as bytes to the config's topics, in order.
+/// Produces records given as bytes to the config's topics, in order, and waits for every
+/// acknowledgement.
 pub fn produce_raw(config: &Config, records: &[RawRecord]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let names = TopicNames::from_config(config);
-    kafka::produce_all(
-        config,
-        records.iter().map(|r| {
-            (
-                names.external(r.topic).unwrap(),
-                r.key.as_deref(),
-                r.value.as_deref(),
-            )
-        }),
-        None,
-        |_| {},
-    )
-    .unwrap();
+    let producer: BaseProducer<kafka::Acks> = kafka::producer_config(config)
+        .create_with_context(kafka::Acks::default())
+        .unwrap();
+    for r in records {
+        let mut record: BaseRecord<[u8], [u8], usize> =
+            BaseRecord::with_opaque_to(names.external(r.topic).unwrap(), 0);
+        record.key = r.key.as_deref();
+        record.payload = r.value.as_deref();
+        record.partition = r.partition;
+        while let Err((e, back)) = producer.send(record) {
+            assert_eq!(
+                e.rdkafka_error_code(),
+                Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                "{e}"
+            );
+            record = back;
+            producer.poll(std::time::Duration::from_millis(10));
+        }
+    }
+    producer.flush(kafka::REQUEST_TIMEOUT).unwrap();
+    producer.context().take_failures().unwrap();
 }
 
 /// Every output topic as read from the broker, by the driver's topic names.

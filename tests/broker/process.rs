@@ -65,6 +65,17 @@ pub fn check(out: Output, what: &str) -> Output {
     out
 }
 
+/// `run --until-end` on a config file, which must succeed.
+pub fn run_until_end(config_file: &Path) -> Output {
+    check(
+        orderfold(config_file)
+            .args(["run", "--until-end"])
+            .output()
+            .unwrap(),
+        "run --until-end",
+    )
+}
+
 /// A broker with nothing on it, and a config file with two partitions per stage.
 pub fn empty_broker() -> (Tansu, tempfile::TempDir, Config, PathBuf) {
     let tansu = Tansu::start();

@@ -280,3 +280,52 @@ pub fn outputs_by_key(driver: &Driver) -> BTreeMap<String, BTreeMap<Vec<u8>, Vec
 pub fn final_state(driver: &Driver) -> (Vec<SkuView>, Vec<OrderView>) {
     (driver.skus().unwrap(), driver.orders().unwrap())
 }
+
+/// A version of LogisticsEvent's schema, edited as JSON: `drop` fields removed, `add` appended.
+pub fn logistics_schema_version(drop: &[&str], add: Option<serde_json::Value>) -> String {
+    let mut schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../schemas/LogisticsEvent.avsc")).unwrap();
+    let fields = schema["fields"].as_array_mut().unwrap();
+    fields.retain(|f| !drop.contains(&f["name"].as_str().unwrap()));
+    fields.extend(add);
+    schema.to_string()
+}
+
+/// A scan of `order` written with `writer`, single-object encoded: `status` as the writer's
+/// type has it, a `carrier` if asked, the optional fields the writer has left null.
+pub fn scan_written_with(
+    writer: &str,
+    id: &str,
+    order: &str,
+    t: Millis,
+    status: apache_avro::types::Value,
+    carrier: bool,
+) -> Vec<u8> {
+    use apache_avro::types::Value;
+    let schema = apache_avro::Schema::parse_str(writer).unwrap();
+    let mut record = apache_avro::types::Record::new(&schema).unwrap();
+    record.put("event_id", id);
+    record.put("order_id", order);
+    record.put("shipment_id", format!("sh-{order}"));
+    record.put("occurred_at", Value::TimestampMillis(t));
+    record.put("status", status);
+    if carrier {
+        record.put("carrier", Value::Union(1, Box::new("DHL".into())));
+    }
+    let has = |field: &str| matches!(&schema, apache_avro::Schema::Record(r) if r.fields.iter().any(|f| f.name == field));
+    for field in ["location", "detail"] {
+        if has(field) {
+            record.put(field, Value::Union(0, Box::new(Value::Null)));
+        }
+    }
+    let mut bytes = orderfold::codec::SINGLE_OBJECT_MAGIC.to_vec();
+    bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema));
+    bytes.extend(
+        apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(record)
+            .unwrap(),
+    );
+    bytes
+}
