@@ -49,10 +49,10 @@ pub enum ClientError {
          sasl.username and sasl.password)"
     )]
     Authentication { brokers: String, reason: String },
-    #[error("kafka: no broker at {brokers} answered within {waited:?}: {error}")]
+    #[error("kafka: no broker at {brokers} answered within {waited_s} s: {error}")]
     Unreachable {
         brokers: String,
-        waited: Duration,
+        waited_s: u64,
         error: KafkaError,
     },
 }
@@ -109,7 +109,7 @@ pub fn connect(config: &Config) -> Result<(), ClientError> {
             Err(error) if started.elapsed() >= REQUEST_TIMEOUT => {
                 return Err(ClientError::Unreachable {
                     brokers,
-                    waited: started.elapsed(),
+                    waited_s: started.elapsed().as_secs(),
                     error,
                 })
             }
