@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod changelog;
 pub mod codec;
+pub mod compare;
 pub mod config;
 pub mod driver;
 pub mod event;

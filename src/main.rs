@@ -198,6 +198,15 @@ struct BenchArgs {
     /// Keys in state for `--phase restore` (half orders, half SKUs).
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
+    /// The workload's shape in full (TOML, as `generate --spec`); --orders and --seed override.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// For `--phase check`: the counts `--phase expect` wrote.
+    #[arg(long)]
+    expected: Option<PathBuf>,
+    /// For `--phase latency`: input records per second, paced.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -215,6 +224,20 @@ enum BenchPhase {
     /// The cost of metrics: bounded passes with metrics on and off, alternating, on the
     /// in-process mock cluster (the cost is the client's CPU; --config is not used).
     Metrics,
+    /// What the broker-free driver emits for the log, as counts by distinct event id (JSON on
+    /// stdout); needs no broker. The gate every measured system must pass.
+    Expect,
+    /// Creates the config's topics and publishes the log to them under their own names, for
+    /// a system under test to process.
+    Publish,
+    /// The raw ceiling on the published log: consume its inputs, produce the same bytes.
+    Copy,
+    /// Counts the output topics by distinct event id and compares them with --expected;
+    /// fails when they differ.
+    Check,
+    /// orderfold as the live service under a paced load of --rate records/s: end-to-end
+    /// latency from handing an input to the producer to a consumer seeing its output.
+    Latency,
 }
 
 #[derive(Subcommand)]
@@ -265,13 +288,7 @@ struct WorkloadArgs {
 
 impl WorkloadArgs {
     fn spec(&self) -> anyhow::Result<WorkloadSpec> {
-        let mut spec = match &self.spec {
-            Some(p) => toml::from_str(
-                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            )
-            .with_context(|| format!("parsing {}", p.display()))?,
-            None => WorkloadSpec::default(),
-        };
+        let mut spec = read_spec(self.spec.as_ref())?;
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = self.$f { spec.$f = v; })* };
         }
@@ -288,6 +305,17 @@ impl WorkloadArgs {
         );
         Ok(spec)
     }
+}
+
+/// The workload spec in a TOML file (any WorkloadSpec fields), or the default one.
+fn read_spec(path: Option<&PathBuf>) -> anyhow::Result<WorkloadSpec> {
+    Ok(match path {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
+        None => WorkloadSpec::default(),
+    })
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -474,6 +502,12 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.phase == BenchPhase::Metrics {
         return bench_metrics(args);
     }
+    if matches!(
+        args.phase,
+        BenchPhase::Expect | BenchPhase::Publish | BenchPhase::Copy | BenchPhase::Check
+    ) {
+        return bench_side_by_side(args);
+    }
     let mut config = load_connected(args.config.as_ref())?;
     let tag = format!(
         "bench{}",
@@ -555,6 +589,81 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         result["orderfold"] = serde_json::to_value(&ours)?;
     }
     println!("{result}");
+    Ok(())
+}
+
+/// The side-by-side benchmark's steps, each a process of its own so that scripts/bench can
+/// measure every system the same way: the log under the config's own topic names, the
+/// ceiling on it, and the correctness gate.
+fn bench_side_by_side(args: &BenchArgs) -> anyhow::Result<()> {
+    let records = || -> anyhow::Result<Vec<Generated>> {
+        let mut spec = read_spec(args.spec.as_ref())?;
+        spec.seed = args.seed;
+        spec.orders = args.orders;
+        Ok(generate(&spec))
+    };
+    match args.phase {
+        BenchPhase::Expect => {
+            let config = load_config(args.config.as_ref())?;
+            let records = records()?;
+            let expected = orderfold::compare::expected(&config, &records)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "events": records.len(),
+                    "counts": expected.counts,
+                    "end_time_ms": expected.end_time_ms,
+                    "single_object_headers": orderfold::compare::single_object_headers()?,
+                })
+            );
+        }
+        BenchPhase::Publish => {
+            let config = load_connected(args.config.as_ref())?;
+            let records = records()?;
+            tokio_runtime()?.block_on(kafka::create_topics(&config))?;
+            let ends = publish(&config, &records, None, false)?;
+            let ends: BTreeMap<String, i64> = ends
+                .into_iter()
+                .map(|((t, p), e)| (format!("{t}/{p}"), e))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "events": records.len(), "ends": ends })
+            );
+        }
+        BenchPhase::Copy => {
+            let config = load_connected(args.config.as_ref())?;
+            let names = TopicNames::from_config(&config);
+            let ends = orderfold::compare::end_offsets(&config, &names.external_inputs())?;
+            let m = orderfold::bench::ceiling(&config, &ends, Duration::from_secs(3_600))?;
+            println!("{}", serde_json::to_string(&m)?);
+        }
+        BenchPhase::Check => {
+            let config = load_connected(args.config.as_ref())?;
+            let path = args
+                .expected
+                .as_ref()
+                .context("--phase check needs --expected FILE (from --phase expect)")?;
+            let expected: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )?;
+            let expected: orderfold::compare::OutputCounts =
+                serde_json::from_value(expected["counts"].clone())?;
+            let observed = orderfold::compare::observed(&config, Duration::from_secs(600))?;
+            let same = observed == expected;
+            println!(
+                "{}",
+                serde_json::json!({ "same": same, "observed": observed, "expected": expected })
+            );
+            if !same {
+                anyhow::bail!(
+                    "the outputs differ from the driver's: observed {observed:?}, expected {expected:?}"
+                );
+            }
+        }
+        _ => {}
+    }
     Ok(())
 }
 
