@@ -221,6 +221,11 @@ pub struct RuntimeConfig {
     /// Move an idle, caught-up order task's stream time to the wall clock, so reservations
     /// expire when nothing is happening. Off makes results depend on the input alone.
     pub wall_clock_advance: bool,
+    /// Live mode: how often an order task whose stream time moved publishes its watermark
+    /// between commits. The SKU stage decides a reservation only once every order task's
+    /// watermark has passed it, so this, not `commit_interval_ms`, bounds how long an alert
+    /// waits. Each publication is one record per SKU partition. 0 publishes at commits only.
+    pub watermark_interval_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -234,6 +239,7 @@ impl Default for RuntimeConfig {
             retry_backoff_max_ms: 30_000,
             shutdown_timeout_ms: 30_000,
             wall_clock_advance: true,
+            watermark_interval_ms: 10,
         }
     }
 }

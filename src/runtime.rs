@@ -372,6 +372,10 @@ struct Engine {
     /// A replay's start offsets, for tasks that have processed nothing yet.
     start_offsets: Option<kafka::EndOffsets>,
     wall_clock_advance: bool,
+    /// Live mode: how often order tasks publish watermarks between commits (None: only at
+    /// commits, as bounded runs do, where no one waits on an alert).
+    watermark_interval: Option<Duration>,
+    last_watermarks: Instant,
     last_commit: Instant,
     dirty: bool,
     status: Arc<Status>,
@@ -1100,6 +1104,14 @@ impl Engine {
                 for (rank, topic) in self.names.order_inputs().into_iter().enumerate() {
                     slot.counted[rank].emit(&self.status.metrics, topic, &accounting[rank]);
                 }
+            }
+        }
+        if let Some(interval) = self.watermark_interval {
+            if self.last_watermarks.elapsed() >= interval {
+                for slot in self.order.values_mut() {
+                    slot.task.publish_watermark(&mut out)?;
+                }
+                self.last_watermarks = Instant::now();
             }
         }
         let mut sku_records = 0;
@@ -2029,6 +2041,9 @@ pub fn run_from(
         sku: BTreeMap::new(),
         paused: BTreeSet::new(),
         wall_clock_advance: mode == Mode::Live && config.runtime.wall_clock_advance,
+        watermark_interval: (mode == Mode::Live && config.runtime.watermark_interval_ms > 0)
+            .then(|| Duration::from_millis(config.runtime.watermark_interval_ms)),
+        last_watermarks: Instant::now(),
         ends,
         start_offsets: start,
         last_commit: Instant::now(),

@@ -667,6 +667,15 @@ impl OrderTask {
     /// adds the watermark record, if it moved, behind the batch's commands.
     pub fn prepare_commit(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
         self.dedup.purge(&mut self.db, self.meta.stream_time)?;
+        self.publish_watermark(out)?;
+        Ok(())
+    }
+
+    /// Adds the watermark record behind the commands emitted so far, if stream time moved
+    /// since the last one. Safe between commits too: every command stamped below it has been
+    /// handed to the producer before it, in order, and a batch processed again after a failure
+    /// re-sends identical commands, which the SKU stage recognises.
+    pub fn publish_watermark(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
         let mark = (self.meta.stream_time, self.meta.end_of_input);
         if self.meta.published_watermark != Some(mark) {
             let watermark = Watermark {
