@@ -19,6 +19,7 @@ pub mod http;
 pub mod ids;
 pub mod inspect;
 pub mod kafka;
+pub mod latency;
 pub mod merge;
 pub mod metrics;
 pub mod partition;

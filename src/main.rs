@@ -198,7 +198,8 @@ struct BenchArgs {
     /// Keys in state for `--phase restore` (half orders, half SKUs).
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
-    /// The workload's shape in full (TOML, as `generate --spec`); --orders and --seed override.
+    /// The workload's shape in full (TOML, as `generate --spec`), for the side-by-side phases;
+    /// --orders and --seed then do not apply.
     #[arg(long)]
     spec: Option<PathBuf>,
     /// For `--phase check`: the counts `--phase expect` wrote.
@@ -207,6 +208,9 @@ struct BenchArgs {
     /// For `--phase latency`: input records per second, paced.
     #[arg(long, default_value_t = 5_000)]
     rate: u64,
+    /// For `--phase latency`: how long the paced load runs.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -536,6 +540,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
+    if args.phase == BenchPhase::Latency {
+        return bench_latency(args, config);
+    }
     let spec = WorkloadSpec {
         seed: args.seed,
         orders: args.orders,
@@ -592,14 +599,60 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// orderfold live under a paced load of `--rate` records/s for `--seconds`: the workload's
+/// first records, with a time line that keeps pace with the wall clock (about 4.9 records per
+/// order), each restamped with the wall clock as it is sent.
+fn bench_latency(args: &BenchArgs, mut config: Config) -> anyhow::Result<()> {
+    const RECORDS_PER_ORDER: f64 = 4.9;
+    let records = (args.rate * args.seconds) as usize;
+    let spec = WorkloadSpec {
+        seed: args.seed,
+        orders: (records as f64 / RECORDS_PER_ORDER) as usize + 1,
+        orders_per_sec: ((args.rate as f64 / RECORDS_PER_ORDER) as u64).max(1),
+        ..read_spec(args.spec.as_ref())?
+    };
+    let mut workload = generate(&spec);
+    workload.truncate(records);
+    config.runtime.wall_clock_advance = true;
+    config.http.bind = String::new();
+    eprintln!(
+        "latency: {} records at {} records/s on {}, at_least_once",
+        workload.len(),
+        args.rate,
+        config.kafka.bootstrap_servers
+    );
+    let report = orderfold::latency::latency(&config, workload, args.rate)?;
+    eprintln!(
+        "latency at {}/s (achieved {:.0}/s): alerts p50 {:.1} ms p99 {:.1} ms p999 {:.1} ms ({} samples); \
+         tracking p50 {:.1} p99 {:.1} p999 {:.1} ({}); broker hop p50 {:.1} p99 {:.1} p999 {:.1}",
+        report.rate_per_s,
+        report.sent as f64 / report.send_seconds.max(1e-9),
+        report.alerts.p50_ms,
+        report.alerts.p99_ms,
+        report.alerts.p999_ms,
+        report.alerts.count,
+        report.tracking.p50_ms,
+        report.tracking.p99_ms,
+        report.tracking.p999_ms,
+        report.tracking.count,
+        report.broker_hop.p50_ms,
+        report.broker_hop.p99_ms,
+        report.broker_hop.p999_ms,
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
 /// The side-by-side benchmark's steps, each a process of its own so that scripts/bench can
 /// measure every system the same way: the log under the config's own topic names, the
 /// ceiling on it, and the correctness gate.
 fn bench_side_by_side(args: &BenchArgs) -> anyhow::Result<()> {
     let records = || -> anyhow::Result<Vec<Generated>> {
         let mut spec = read_spec(args.spec.as_ref())?;
-        spec.seed = args.seed;
-        spec.orders = args.orders;
+        if args.spec.is_none() {
+            spec.seed = args.seed;
+            spec.orders = args.orders;
+        }
         Ok(generate(&spec))
     };
     match args.phase {
