@@ -37,3 +37,21 @@ ensure_build_deps() {
   # OpenSSL for SASL/SCRAM and TLS.
   apt_install libclang-dev libssl-dev pkg-config
 }
+
+# The benchmark's Python peers and its chart: a virtual environment outside the clone, with
+# the versions BENCHMARKS.md reports. Prints the environment's python.
+PEER_PACKAGES=(quixstreams==3.28.1 fastavro==1.13.1 matplotlib==3.11.2)
+ensure_peer_venv() {
+  apt_install python3-venv
+  local venv="$CACHE/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating $venv"
+    python3 -m venv "$venv" >&2
+  fi
+  if ! "$venv/bin/python" -m pip show -q "${PEER_PACKAGES[@]%%==*}" >/dev/null 2>&1 \
+    || ! "$venv/bin/python" -m pip freeze 2>/dev/null | grep -qx "${PEER_PACKAGES[0]}"; then
+    log "installing ${PEER_PACKAGES[*]} into $venv"
+    "$venv/bin/python" -m pip install -q "${PEER_PACKAGES[@]}" >&2
+  fi
+  echo "$venv/bin/python"
+}

@@ -247,3 +247,57 @@ fn a_transaction_that_cannot_commit_is_aborted_and_its_batch_processed_again() {
     // The aborted batch's records stay visible on the mock cluster: compared without them.
     assert_processed_once_to_the_drivers_result(&report, &records, &config);
 }
+
+#[test]
+fn the_benchmark_gate_counts_outputs_by_event_id_and_tells_a_run_that_fell_short() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(5, 1_500);
+    let expected = orderfold::compare::expected(&config, &records)
+        .unwrap()
+        .counts;
+    assert!(
+        expected.expiries > 0 && expected.tracking > 0 && expected.alerts.len() == 3,
+        "the workload must raise every kind of output: {expected:?}"
+    );
+    produce(&config, &records);
+    let limit = Duration::from_secs(60);
+    // Nothing processed yet: the gate must see the shortfall.
+    assert_ne!(
+        orderfold::compare::observed(&config, limit).unwrap(),
+        expected
+    );
+
+    run_until_end(&config).unwrap();
+    assert_eq!(
+        orderfold::compare::observed(&config, limit).unwrap(),
+        expected
+    );
+
+    // An output delivered twice (at-least-once) is the same output.
+    let alerts = kafka::read_to_end(&config, &config.topics.oversell_alerts).unwrap();
+    let first = &alerts[0];
+    kafka::produce_all(
+        &config,
+        [(
+            config.topics.oversell_alerts.as_str(),
+            first.key.as_deref(),
+            first.value.as_deref(),
+        )],
+        None,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        kafka::read_to_end(&config, &config.topics.oversell_alerts)
+            .unwrap()
+            .len(),
+        alerts.len() + 1
+    );
+    assert_eq!(
+        orderfold::compare::observed(&config, limit).unwrap(),
+        expected
+    );
+}

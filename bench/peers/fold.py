@@ -125,6 +125,19 @@ def validate(rank_or_topic, key, e):
     return None
 
 
+class Rewound(Exception):
+    """A partition was delivered again from an earlier offset (a rebalance or a retried
+    checkpoint). The merge buffers and timers live in memory, so the run cannot go on."""
+
+
+def expect_next(seen, key, offset):
+    """Records the offset delivered for `key` and refuses one that goes backwards."""
+    last = seen.get(key, -1)
+    if offset <= last:
+        raise Rewound(f"{key} delivered offset {offset} after {last}")
+    seen[key] = offset
+
+
 def out(topic, key, value):
     return {"t": topic, "k": key, "v": value}
 
@@ -150,8 +163,10 @@ class OrderTask:
         self.finished = False
         self.published = None
         self.processed = 0
+        self.seen = {}
 
     def offer(self, rank, offset, key, value):
+        expect_next(self.seen, rank, offset)
         decoded, error = self.codec.decode(self.TOPIC_RECORD[rank], value)
         if error is None:
             why = validate(rank, key, decoded)
@@ -376,6 +391,7 @@ class SkuTask:
         self.pending_keys = set()
         self.watermarks = {}
         self.processed = 0
+        self.seen = {}
 
     def watermark(self):
         if len(self.watermarks) < self.order_partitions:
@@ -387,6 +403,7 @@ class SkuTask:
                 and self.inventory_next >= self.inventory_end)
 
     def offer_inventory(self, offset, key, value):
+        expect_next(self.seen, "inventory", offset)
         decoded, error = self.codec.decode("InventoryEvent", value)
         if error is None:
             why = validate("inventory", key, decoded)
@@ -394,7 +411,8 @@ class SkuTask:
                 decoded, error = None, ("validation", why)
         self.inventory.append((offset, key, value, decoded, error))
 
-    def offer_command(self, c):
+    def offer_command(self, offset, c):
+        expect_next(self.seen, "commands", offset)
         self.processed += 1
         if "wm" in c:
             t, end = self.watermarks.get(c["wm"], (MIN, False))

@@ -125,7 +125,7 @@ def main():
         if ctx.topic == "inventory":
             task.offer_inventory(ctx.offset, key, value)
         else:
-            task.offer_command(value)
+            task.offer_command(ctx.offset, value)
         outs = task.run(state._transaction.as_state(prefix=b"sku-task"))
         if task.done() and p not in finished:
             finished.add(p)
