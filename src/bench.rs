@@ -89,30 +89,38 @@ pub fn ceiling(
         kafka::producer_config(config).create_with_context(Acks::default())?;
     let cpu = cpu_seconds();
     let started = Instant::now();
-    let read = read_from_beginning(config, "ceiling", ends, &inputs, limit, |m| {
-        let Some(copy) = copies.get(m.topic()) else {
-            return Ok(());
-        };
-        let mut record: BaseRecord<[u8], [u8], usize> = BaseRecord::with_opaque_to(copy, 0);
-        record.key = m.key();
-        record.payload = m.payload();
-        record.partition = Some(m.partition());
-        loop {
-            match producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
+    let read = read_from_beginning(
+        config,
+        "ceiling",
+        ends,
+        &inputs,
+        limit,
+        BenchError::Timeout,
+        |m| {
+            let Some(copy) = copies.get(m.topic()) else {
+                return Ok(());
+            };
+            let mut record: BaseRecord<[u8], [u8], usize> = BaseRecord::with_opaque_to(copy, 0);
+            record.key = m.key();
+            record.payload = m.payload();
+            record.partition = Some(m.partition());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => return Ok(()),
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(e.into()),
                 }
-                Err((e, _)) => return Err(e.into()),
             }
-        }
-    })?;
+        },
+    )?;
     producer.flush(limit)?;
     producer.context().take_failures()?;
     Ok(Measured {
@@ -123,15 +131,17 @@ pub fn ceiling(
 }
 
 /// Reads, with a consumer of its own, every partition of `topics` in `ends` from its beginning
-/// to its end offset, handing each record to `f`; returns how many were read.
-fn read_from_beginning(
+/// to its end offset, handing each record to `f`; returns how many were read. Errors are the
+/// caller's own type; `timeout` makes the one for running past `limit`.
+pub(crate) fn read_from_beginning<E: From<rdkafka::error::KafkaError>>(
     config: &Config,
     purpose: &str,
     ends: &EndOffsets,
     topics: &[&str],
     limit: Duration,
-    f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), BenchError>,
-) -> Result<u64, BenchError> {
+    timeout: impl Fn(Duration) -> E,
+    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), E>,
+) -> Result<u64, E> {
     let consumer: BaseConsumer = kafka::client_config(config)
         .set(
             "group.id",
@@ -139,33 +149,24 @@ fn read_from_beginning(
         )
         .set("enable.auto.commit", "false")
         .create()?;
-    let remaining: BTreeMap<(String, i32), i64> = ends
+    let mut remaining: BTreeMap<(String, i32), i64> = ends
         .iter()
         .filter(|((t, _), end)| topics.contains(&t.as_str()) && **end > 0)
         .map(|(k, v)| (k.clone(), *v))
         .collect();
+    if remaining.is_empty() {
+        return Ok(0);
+    }
     let mut tpl = TopicPartitionList::new();
     for (t, p) in remaining.keys() {
         tpl.add_partition_offset(t, *p, Offset::Beginning)?;
     }
     let started = Instant::now();
     consumer.assign(&tpl)?;
-    read_to_ends(&consumer, remaining, started, limit, f)
-}
-
-/// Polls the assigned partitions until each has delivered the record before its end offset in
-/// `remaining`, handing every record to `f`; returns how many were read.
-fn read_to_ends(
-    consumer: &BaseConsumer,
-    mut remaining: BTreeMap<(String, i32), i64>,
-    started: Instant,
-    limit: Duration,
-    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), BenchError>,
-) -> Result<u64, BenchError> {
     let mut read = 0;
     while !remaining.is_empty() {
         if started.elapsed() > limit {
-            return Err(BenchError::Timeout(limit));
+            return Err(timeout(limit));
         }
         let Some(m) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -277,6 +278,7 @@ pub fn consume(
         ends,
         &names.external_inputs(),
         limit,
+        BenchError::Timeout,
         |_| Ok(()),
     )?;
     Ok(Measured {
@@ -379,6 +381,7 @@ pub fn restore(config: &Config, keys: u64) -> Result<RestoreMeasured, BenchError
         &ends,
         &topics,
         Duration::from_secs(600),
+        BenchError::Timeout,
         |_| Ok(()),
     )?;
     let consume = Measured {

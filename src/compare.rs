@@ -3,11 +3,10 @@
 //! event id so that at-least-once repeats do not count twice.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Codec, DecodeError, RecordKind};
@@ -160,45 +159,19 @@ fn read_all(
     limit: Duration,
     mut f: impl FnMut(&str, i32, i64, &[u8]) -> Result<(), CompareError>,
 ) -> Result<(), CompareError> {
-    let mut remaining: BTreeMap<(String, i32), i64> = end_offsets(config, topics)?
-        .into_iter()
-        .filter(|(_, end)| *end > 0)
-        .collect();
-    if remaining.is_empty() {
-        return Ok(());
-    }
-    let consumer: BaseConsumer = kafka::client_config(config)
-        .set(
-            "group.id",
-            format!("{}.compare", config.kafka.application_id),
-        )
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for (t, p) in remaining.keys() {
-        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let started = Instant::now();
-    while !remaining.is_empty() {
-        if started.elapsed() > limit {
-            return Err(CompareError::Timeout(limit));
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m?;
-        if let Some(bytes) = m.payload() {
-            f(m.topic(), m.partition(), m.offset(), bytes)?;
-        }
-        let key = (m.topic().to_string(), m.partition());
-        if remaining
-            .get(&key)
-            .is_some_and(|end| m.offset() + 1 >= *end)
-        {
-            remaining.remove(&key);
-        }
-    }
+    let ends = end_offsets(config, topics)?;
+    crate::bench::read_from_beginning(
+        config,
+        "compare",
+        &ends,
+        topics,
+        limit,
+        CompareError::Timeout,
+        |m| match m.payload() {
+            Some(bytes) => f(m.topic(), m.partition(), m.offset(), bytes),
+            None => Ok(()),
+        },
+    )?;
     Ok(())
 }
 
