@@ -716,10 +716,15 @@ impl Engine {
         consumer: &BaseConsumer<GroupContext>,
         ack_timeout: Duration,
     ) -> Result<(), RuntimeError> {
+        // A commit with nothing to write proves nothing: the broker may still refuse.
+        let had_work = self.dirty;
         let committed = self.commit(consumer, ack_timeout);
         // Done once the reopened tasks commit; while they wait to reopen, there was nothing to
         // commit.
-        if committed.is_ok() && self.retry.as_ref().is_some_and(|r| r.reopen_at.is_none()) {
+        if committed.is_ok()
+            && had_work
+            && self.retry.as_ref().is_some_and(|r| r.reopen_at.is_none())
+        {
             self.retry = None;
             tracing::info!("committed again after failed commits");
             self.status.set_fault(&self.status.retrying, None);
