@@ -83,7 +83,7 @@ struct Sent {
 }
 
 impl Sent {
-    fn expect(&mut self, id: String, now: Instant) {
+    fn await_output(&mut self, id: String, now: Instant) {
         self.at.entry(id).or_insert(now);
     }
 
@@ -95,7 +95,7 @@ impl Sent {
                 if let OrderBody::OrderPlaced(p) = &e.body {
                     let skus: Vec<String> = p.lines.iter().map(|l| l.sku.clone()).collect();
                     for sku in &skus {
-                        self.expect(ids::alert_event_id(&e.event_id, sku), now);
+                        self.await_output(ids::alert_event_id(&e.event_id, sku), now);
                     }
                     self.skus.entry(e.order_id.clone()).or_insert(skus);
                 }
@@ -105,18 +105,18 @@ impl Sent {
                 if let PaymentBody::PaymentCaptured(_) = e.body {
                     let skus = self.skus.get(&e.order_id).cloned().unwrap_or_default();
                     for sku in skus {
-                        self.expect(ids::alert_event_id(&e.event_id, &sku), now);
+                        self.await_output(ids::alert_event_id(&e.event_id, &sku), now);
                     }
                 }
             }
             Payload::Logistics(e) => {
                 e.occurred_at = wall_ms;
-                self.expect(ids::tracking_event_id(&e.event_id), now);
-                self.expect(format!("in:{}", e.event_id), now);
+                self.await_output(ids::tracking_event_id(&e.event_id), now);
+                self.await_output(format!("in:{}", e.event_id), now);
             }
             Payload::Inventory(e) => {
                 e.occurred_at = wall_ms;
-                self.expect(ids::alert_event_id(&e.event_id, &e.sku), now);
+                self.await_output(ids::alert_event_id(&e.event_id, &e.sku), now);
             }
             Payload::Malformed(_) => {}
         }
