@@ -315,18 +315,27 @@ impl Driver {
         }
         let sku_inputs = [topics::INVENTORY, topics::SKU_COMMANDS];
         for p in 0..self.sku_tasks.len() {
-            let mut caught_up = [false; sku_stage::INPUTS];
-            for (input, topic) in sku_inputs.iter().enumerate() {
-                caught_up[input] = feed(
-                    &self.logs[*topic][p],
-                    &mut self.sku_fetch[p][input],
-                    &mut self.sku_tasks[p],
-                    input,
-                );
-            }
             let mut out = Vec::new();
+            // A reopened task reads its pending commands back before it does anything else,
+            // whatever the buffer holds at a time: feed it until it has.
+            loop {
+                let mut caught_up = [false; sku_stage::INPUTS];
+                for (input, topic) in sku_inputs.iter().enumerate() {
+                    caught_up[input] = feed(
+                        &self.logs[*topic][p],
+                        &mut self.sku_fetch[p][input],
+                        &mut self.sku_tasks[p],
+                        input,
+                    );
+                }
+                let task = &mut self.sku_tasks[p];
+                progressed |=
+                    task.run(caught_up[sku_stage::INVENTORY], batch_records, &mut out)? > 0;
+                if !task.rebuilding() || caught_up[sku_stage::COMMANDS] {
+                    break;
+                }
+            }
             let task = &mut self.sku_tasks[p];
-            progressed |= task.run(caught_up[sku_stage::INVENTORY], batch_records, &mut out)? > 0;
             task.prepare_commit()?;
             self.deliver(out);
             if commit {

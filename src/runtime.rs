@@ -1313,6 +1313,7 @@ impl Engine {
                     .unwrap_or(0);
                 t.watermark() == Millis::MAX
                     && t.pending_commands() == 0
+                    && !t.rebuilding()
                     && t.buffered(sku_stage::COMMANDS) == 0
                     && t.buffered(sku_stage::INVENTORY) == 0
                     && t.next_offset(sku_stage::INVENTORY) >= inventory_end

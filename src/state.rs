@@ -35,8 +35,6 @@ pub enum Store {
     Skus,
     /// (sku, order_id) -> Reservation.
     Reservations,
-    /// (occurred_at, order_id, sku, sequence) -> SkuCommand: commands waiting for the watermark.
-    Pending,
 }
 
 impl Store {
@@ -50,7 +48,6 @@ impl Store {
             Store::Dedup => "dedup",
             Store::Skus => "skus",
             Store::Reservations => "reservations",
-            Store::Pending => "pending",
         }
     }
 
@@ -63,13 +60,7 @@ impl Store {
         Store::Dedup,
     ];
 
-    pub const SKU_STAGE: [Store; 5] = [
-        Store::Meta,
-        Store::Skus,
-        Store::Reservations,
-        Store::Pending,
-        Store::Dedup,
-    ];
+    pub const SKU_STAGE: [Store; 4] = [Store::Meta, Store::Skus, Store::Reservations, Store::Dedup];
 }
 
 /// The two stages, each with its own set of stores.

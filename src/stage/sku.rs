@@ -1,8 +1,14 @@
 //! A SKU-stage task: partition p of `inventory` and `<app>.sku-commands`. It owns SKU totals,
 //! reservations, the commands waiting for the order stage's watermark, and the order in which
 //! they are applied: first come, first served by event time, not by arrival.
+//!
+//! Waiting commands live in memory only, never in a store or a changelog: the command topic
+//! already holds them. A commit records the offset of the earliest one still waiting, and an
+//! opened task reads the topic again from there, which rebuilds the same set. A command is
+//! written to the broker once, not three times (the command, its pending entry, the entry's
+//! delete), and that was a quarter of everything orderfold wrote to the broker.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -105,7 +111,12 @@ fn kind_bit(kind: SkuCommandKind) -> u8 {
 /// What the task commits beside its stores.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SkuMeta {
+    /// Where each input resumes. For `COMMANDS` that is the earliest command still waiting at
+    /// the commit (or `commands_counted_to` when none is): the task reads the waiting ones again.
     pub next_offsets: [i64; INPUTS],
+    /// One past the last command-topic record the task has counted and acted on. A record
+    /// below it, read again after a reopen, only rebuilds the waiting set.
+    pub commands_counted_to: i64,
     /// Largest occurred_at applied; dedup retention counts in it.
     pub stream_time: Millis,
     /// Latest watermark per order partition: (stream time, end of input).
@@ -125,6 +136,7 @@ impl Default for SkuMeta {
     fn default() -> Self {
         SkuMeta {
             next_offsets: [0; INPUTS],
+            commands_counted_to: 0,
             stream_time: Millis::MIN,
             watermarks: BTreeMap::new(),
             accounting: Default::default(),
@@ -202,8 +214,12 @@ pub struct SkuTask {
     meta: SkuMeta,
     inventory: VecDeque<Buffered<InventoryEvent>>,
     commands: VecDeque<Buffered<SkuStageRecord>>,
-    /// Mirror of the `pending` store, in application order.
-    pending: BTreeMap<Vec<u8>, SkuCommand>,
+    /// Commands waiting for the watermark, in application order, with their offsets.
+    pending: BTreeMap<Vec<u8>, (SkuCommand, i64)>,
+    /// The offsets of `pending`: the first is where a reopened task must read again from.
+    pending_offsets: BTreeSet<i64>,
+    /// The next command-topic offset the task expects.
+    commands_read_to: i64,
 }
 
 impl SkuTask {
@@ -233,7 +249,7 @@ impl SkuTask {
         let meta = db
             .get::<SkuMeta>(Store::Meta, META_KEY)?
             .unwrap_or_default();
-        let pending = Self::load_pending(&db)?;
+        let commands_read_to = meta.next_offsets[COMMANDS];
         Ok(SkuTask {
             partition,
             topics,
@@ -250,15 +266,10 @@ impl SkuTask {
             meta,
             inventory: VecDeque::new(),
             commands: VecDeque::new(),
-            pending,
+            pending: BTreeMap::new(),
+            pending_offsets: BTreeSet::new(),
+            commands_read_to,
         })
-    }
-
-    fn load_pending(db: &TaskDb) -> Result<BTreeMap<Vec<u8>, SkuCommand>, TaskError> {
-        Ok(db
-            .scan_typed::<SkuCommand>(Store::Pending, &[])?
-            .into_iter()
-            .collect())
     }
 
     pub fn partition(&self) -> u32 {
@@ -270,7 +281,11 @@ impl SkuTask {
     }
 
     pub fn next_offset(&self, input: usize) -> i64 {
-        self.meta.next_offsets[input]
+        if input == COMMANDS {
+            self.commands_read_to
+        } else {
+            self.meta.next_offsets[input]
+        }
     }
 
     /// Sets where a task that has processed nothing starts its inputs (a replay from a
@@ -280,6 +295,8 @@ impl SkuTask {
             return false;
         }
         self.meta.next_offsets = offsets;
+        self.meta.commands_counted_to = offsets[COMMANDS];
+        self.commands_read_to = offsets[COMMANDS];
         true
     }
 
@@ -293,6 +310,12 @@ impl SkuTask {
 
     pub fn pending_commands(&self) -> usize {
         self.pending.len()
+    }
+
+    /// True while a reopened task is still reading back the commands that waited at its last
+    /// commit: until then it does not know all of them.
+    pub fn rebuilding(&self) -> bool {
+        self.commands_read_to < self.meta.commands_counted_to
     }
 
     /// The minimum watermark over all order partitions: commands stamped below it are
@@ -322,12 +345,26 @@ impl SkuTask {
         out: &mut Vec<OutRecord>,
     ) -> Result<usize, TaskError> {
         let mut done = 0;
-        while done < max_records && self.pending.len() < self.pending_commands_max {
+        // Reading back after a reopen is not held to either limit, nor counted as processing
+        // (it is not new work, and a task reopened before every commit would otherwise never
+        // look idle): it only rebuilds the pending set the task committed, which the limit
+        // already bounded, and a task that stopped partway would start it over if reopened
+        // before its next commit.
+        while self.rebuilding()
+            || (done < max_records && self.pending.len() < self.pending_commands_max)
+        {
             let Some(record) = self.commands.pop_front() else {
                 break;
             };
+            if !self.rebuilding() {
+                done += 1;
+            }
             self.accept_command(record, out)?;
-            done += 1;
+        }
+        if self.rebuilding() {
+            // Still reading back the commands that waited at the last commit: the earliest
+            // of them may not be back yet, and nothing may apply ahead of it.
+            return Ok(done);
         }
         while done < max_records {
             if let Some(Buffered {
@@ -348,7 +385,7 @@ impl SkuTask {
                 .front()
                 .and_then(|b| b.decoded.as_ref().ok())
                 .map(|e| e.occurred_at);
-            let command_at = self.pending.values().next().map(|c| c.occurred_at);
+            let command_at = self.pending.values().next().map(|(c, _)| c.occurred_at);
             match merge::next_sku_stage(inventory_at, command_at, self.watermark()) {
                 SkuNext::Inventory => self.apply_inventory(out)?,
                 SkuNext::Command => self.apply_next_command(out)?,
@@ -371,7 +408,11 @@ impl SkuTask {
         record: Buffered<SkuStageRecord>,
         out: &mut Vec<OutRecord>,
     ) -> Result<(), TaskError> {
-        self.meta.next_offsets[COMMANDS] = record.offset + 1;
+        self.commands_read_to = record.offset + 1;
+        if record.offset < self.meta.commands_counted_to {
+            return self.rebuild_pending(record);
+        }
+        self.meta.commands_counted_to = record.offset + 1;
         let acc = &mut self.meta.accounting[COMMANDS];
         acc.consumed += 1;
         match record.decoded {
@@ -407,9 +448,38 @@ impl SkuTask {
                     self.meta.late_commands += 1;
                 }
                 self.meta.accounting[COMMANDS].parked += 1;
-                self.db.put_new(Store::Pending, k.clone(), &cmd)?;
-                self.pending.insert(k, cmd);
+                self.wait(k, cmd, record.offset);
             }
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, k: Vec<u8>, cmd: SkuCommand, offset: i64) {
+        self.pending.insert(k, (cmd, offset));
+        self.pending_offsets.insert(offset);
+    }
+
+    /// A command-topic record the task counted before its last commit, read again after a
+    /// reopen: it was counted, dead-lettered or taken as a watermark then. A command among
+    /// them is either applied (its reservation says so) or was waiting at the commit, and
+    /// only then waits again. A copy of a waiting command is the same entry, as it was.
+    fn rebuild_pending(&mut self, record: Buffered<SkuStageRecord>) -> Result<(), TaskError> {
+        let Ok(SkuStageRecord::Command(cmd)) = record.decoded else {
+            return Ok(());
+        };
+        let k = pending_key(&cmd);
+        if self.pending.contains_key(&k) {
+            return Ok(());
+        }
+        let applied = self
+            .db
+            .get::<StoredReservation>(
+                Store::Reservations,
+                &reservation_key(&cmd.sku, &cmd.order_id),
+            )?
+            .is_some_and(|s| s.applied_kinds & kind_bit(cmd.kind) != 0);
+        if !applied {
+            self.wait(k, cmd, record.offset);
         }
         Ok(())
     }
@@ -487,10 +557,10 @@ impl SkuTask {
     }
 
     fn apply_next_command(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
-        let Some((k, cmd)) = self.pending.pop_first() else {
+        let Some((_, (cmd, offset))) = self.pending.pop_first() else {
             return Ok(());
         };
-        self.db.delete(Store::Pending, k)?;
+        self.pending_offsets.remove(&offset);
         self.meta.stream_time = self.meta.stream_time.max(cmd.occurred_at);
         let rkey = reservation_key(&cmd.sku, &cmd.order_id);
         let stored = self
@@ -536,13 +606,24 @@ impl SkuTask {
 
     /// Writes the batch's state changes and the task's offsets in one atomic WriteBatch.
     pub fn commit(&mut self) -> Result<(), TaskError> {
+        self.settle_commands_offset();
         Ok(self.db.commit_with_meta(META_KEY, &self.meta)?)
     }
 
     /// Puts the task's bookkeeping among the batch's writes, so the changelog sees the batch
     /// as it will commit; `commit` puts it again, unchanged.
     pub fn stage_meta(&mut self) -> Result<(), TaskError> {
+        self.settle_commands_offset();
         Ok(self.db.put(Store::Meta, META_KEY.to_vec(), &self.meta)?)
+    }
+
+    /// A reopened task reads the command topic again from its earliest waiting command.
+    fn settle_commands_offset(&mut self) {
+        self.meta.next_offsets[COMMANDS] = self
+            .pending_offsets
+            .first()
+            .copied()
+            .unwrap_or(self.commands_read_to);
     }
 
     /// The task's database, for the runtime's changelog: it reads the batch's writes and adds
@@ -557,7 +638,9 @@ impl SkuTask {
             .db
             .get::<SkuMeta>(Store::Meta, META_KEY)?
             .unwrap_or_default();
-        self.pending = Self::load_pending(&self.db)?;
+        self.pending.clear();
+        self.pending_offsets.clear();
+        self.commands_read_to = self.meta.next_offsets[COMMANDS];
         self.inventory.clear();
         self.commands.clear();
         Ok(())
