@@ -91,6 +91,12 @@ pub struct StateConfig {
     /// instance and a lost disk can be rebuilt. Off only for a single instance whose disk is
     /// the only copy anyone needs (it saves about one broker record per input event).
     pub changelog: bool,
+    /// What RocksDB may hold in memory for all of the process's tasks together: one block
+    /// cache of this size, which the memtables of every task are charged to as well (they may
+    /// take half of it before the largest is flushed). Without a shared budget each column
+    /// family of each task would keep its own memtables and cache, and memory would grow with
+    /// the number of tasks, not with the setting.
+    pub memory_budget_bytes: usize,
     /// Set by `inspect`, never by the file: open task state for reading while it may be in use.
     #[serde(skip)]
     pub read_only: bool,
@@ -102,6 +108,7 @@ impl Default for StateConfig {
             dir: PathBuf::from("./orderfold-state"),
             sync_commits: false,
             changelog: true,
+            memory_budget_bytes: 256 << 20,
             read_only: false,
         }
     }
@@ -479,6 +486,7 @@ impl Config {
             || l.order_lines_max == 0
             || l.string_bytes_max == 0
             || l.quantity_max <= 0
+            || self.state.memory_budget_bytes == 0
         {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
         }

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -127,15 +128,19 @@ pub struct StateOptions {
     pub write_buffer_bytes: usize,
     /// Open without the write lock, so `inspect` can read while the service runs. Commits fail.
     pub read_only: bool,
+    /// The process-wide memory budget this task's RocksDB shares with every other task.
+    pub memory: SharedMemory,
 }
 
 impl Default for StateOptions {
     fn default() -> Self {
+        let config = crate::config::StateConfig::default();
         StateOptions {
             sync_commits: false,
             bloom_bits_per_key: 10.0,
             write_buffer_bytes: 16 << 20,
             read_only: false,
+            memory: SharedMemory::of(config.memory_budget_bytes),
         }
     }
 }
@@ -146,8 +151,56 @@ impl StateOptions {
         StateOptions {
             sync_commits: config.state.sync_commits,
             read_only: config.state.read_only,
+            memory: SharedMemory::of(config.state.memory_budget_bytes),
             ..StateOptions::default()
         }
+    }
+}
+
+/// One block cache, and a write-buffer manager that charges memtables to it, shared by every
+/// task of the process that has the same budget: tasks open and close on every rebalance,
+/// and the budget is the process's, not each task's.
+#[derive(Clone)]
+pub struct SharedMemory {
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl std::fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("cache_bytes", &self.cache.get_usage())
+            .field("write_buffer_bytes", &self.write_buffers.get_usage())
+            .finish()
+    }
+}
+
+impl SharedMemory {
+    /// The process's pool for `budget_bytes`, created on first use.
+    pub fn of(budget_bytes: usize) -> SharedMemory {
+        static POOLS: OnceLock<Mutex<HashMap<usize, SharedMemory>>> = OnceLock::new();
+        let pools = POOLS.get_or_init(Default::default);
+        // A panic elsewhere while holding the lock leaves the map itself intact.
+        let mut pools = pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pools
+            .entry(budget_bytes)
+            .or_insert_with(|| {
+                let cache = Cache::new_lru_cache(budget_bytes);
+                // allow_stall = false: past the limit the largest memtable is flushed; writes
+                // never wait, so a commit's latency does not depend on other tasks' flushes.
+                let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+                    budget_bytes / 2,
+                    false,
+                    cache.clone(),
+                );
+                SharedMemory {
+                    cache,
+                    write_buffers,
+                }
+            })
+            .clone()
     }
 }
 
@@ -170,9 +223,11 @@ impl TaskDb {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
+        db_opts.set_write_buffer_manager(&opts.memory.write_buffers);
         let cfs = stores.iter().map(|s| {
             let mut table = BlockBasedOptions::default();
             table.set_bloom_filter(opts.bloom_bits_per_key, false);
+            table.set_block_cache(&opts.memory.cache);
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
             o.set_write_buffer_size(opts.write_buffer_bytes);
