@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--reservation-ttl-ms", type=int, default=300_000)
     ap.add_argument("--orphan-ttl-ms", type=int, default=3_600_000)
+    ap.add_argument("--commit-interval-s", type=float, default=5.0,
+                    help="Quix's checkpoint interval; 5 s is Quix's own default")
     args = ap.parse_args()
     _tolerate_missing_retention()
 
@@ -80,9 +82,14 @@ def main():
         consumer_group="orderfold-quix",
         auto_offset_reset="earliest",
         state_dir=args.state_dir,
-        commit_interval=1.0,
+        commit_interval=args.commit_interval_s,
         processing_guarantee="at-least-once",
-        producer_extra_config={"partitioner": "murmur2_random", "linger.ms": 5},
+        # tansu answers slowly while it serves a large log from sqlite: patient timeouts keep
+        # the member in its group and its produced records in flight instead of failing.
+        producer_extra_config={"partitioner": "murmur2_random", "linger.ms": 5,
+                               "message.timeout.ms": 0, "request.timeout.ms": 120_000},
+        consumer_extra_config={"session.timeout.ms": 300_000, "heartbeat.interval.ms": 10_000,
+                               "socket.timeout.ms": 300_000},
         loglevel="WARNING",
     )
     inputs = {}
