@@ -309,8 +309,8 @@ impl TaskDb {
     }
 
     /// A put of a key the caller knows is not in the store (it keeps a complete index of the
-    /// store's keys in memory). Short-lived entries, such as a command applied in the batch
-    /// it arrived in, then never reach RocksDB.
+    /// store's keys in memory). Short-lived entries, such as a timer set and fired in the same
+    /// batch, then never reach RocksDB.
     pub fn put_new<T: Serialize>(
         &mut self,
         store: Store,
