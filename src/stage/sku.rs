@@ -410,7 +410,11 @@ impl SkuTask {
     ) -> Result<(), TaskError> {
         self.commands_read_to = record.offset + 1;
         if record.offset < self.meta.commands_counted_to {
-            return self.rebuild_pending(record);
+            self.rebuild_pending(record)?;
+            if !self.rebuilding() {
+                self.settle_parked();
+            }
+            return Ok(());
         }
         self.meta.commands_counted_to = record.offset + 1;
         let acc = &mut self.meta.accounting[COMMANDS];
@@ -452,6 +456,17 @@ impl SkuTask {
             }
         }
         Ok(())
+    }
+
+    /// Once read back, the pending set is every command counted as parked at the commit, but
+    /// for copies of an applied command that were waiting to be recognised: reading back skips
+    /// them (their reservation says applied), so they are counted now, as the duplicates they
+    /// would have been found to be.
+    fn settle_parked(&mut self) {
+        let acc = &mut self.meta.accounting[COMMANDS];
+        let skipped = acc.parked.saturating_sub(self.pending.len() as u64);
+        acc.duplicates += skipped;
+        acc.parked -= skipped;
     }
 
     fn wait(&mut self, k: Vec<u8>, cmd: SkuCommand, offset: i64) {
