@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 SYSTEMS = ("ceiling", "orderfold", "quixstreams", "faust")
 LABELS = {"ceiling": "raw ceiling (copy)", "orderfold": "orderfold",
-          "quixstreams": "Quix Streams 3.28.1", "faust": "faust-streaming"}
+          "quixstreams": "Quix Streams 3.28.1", "faust": "faust-streaming 0.15.3"}
 
 
 def load(d, name):

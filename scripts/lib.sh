@@ -40,7 +40,7 @@ ensure_build_deps() {
 
 # The benchmark's Python peers and its chart: a virtual environment outside the clone, with
 # the versions BENCHMARKS.md reports. Prints the environment's python.
-PEER_PACKAGES=(quixstreams==3.28.1 fastavro==1.13.1 matplotlib==3.11.2)
+PEER_PACKAGES=(quixstreams==3.28.1 faust-streaming==0.15.3 fastavro==1.13.1 matplotlib==3.11.2)
 ensure_peer_venv() {
   apt_install python3-venv
   local venv="$CACHE/venv"
