@@ -13,10 +13,12 @@ A bounded run only: the end offsets and the end time E of the log are given up f
 replay from earliest knows them.
 """
 
+import argparse
 import heapq
 import io
 import json
 import os
+import sys
 import uuid
 from collections import deque
 
@@ -79,6 +81,46 @@ class Codec:
         buf.write(self.headers[name])
         fastavro.schemaless_writer(buf, self.schemas[name], record)
         return buf.getvalue()
+
+
+def peer_arguments():
+    """The command line every peer takes from scripts/bench; a peer adds its own options."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--published", required=True, help="JSON from orderfold bench --phase publish")
+    ap.add_argument("--expected", required=True, help="JSON from orderfold bench --phase expect")
+    ap.add_argument("--schemas", default=os.path.join(os.path.dirname(__file__), "../../schemas"))
+    ap.add_argument("--state-dir", required=True)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--reservation-ttl-ms", type=int, default=300_000)
+    ap.add_argument("--orphan-ttl-ms", type=int, default=3_600_000)
+    return ap
+
+
+class Run:
+    """What a bounded run knows up front: each input partition's end offset, the log's end
+    time, the codec and the rules."""
+
+    def __init__(self, args):
+        published = json.load(open(args.published))
+        expected = json.load(open(args.expected))
+        self.end_time = expected["end_time_ms"]
+        self.ends = {}
+        for tp, end in published["ends"].items():
+            topic, p = tp.rsplit("/", 1)
+            self.ends[(topic, int(p))] = end
+        self.codec = Codec(args.schemas, expected["single_object_headers"])
+        self.rules = {"reservation_ttl_ms": args.reservation_ttl_ms,
+                      "orphan_ttl_ms": args.orphan_ttl_ms}
+
+
+def finish(peer, order_tasks, sku_tasks, finished, partitions):
+    """Prints what the peer processed; exits with an error unless every SKU task finished."""
+    processed = sum(t.processed for t in order_tasks.values()) + sum(
+        t.processed for t in sku_tasks.values())
+    print(json.dumps({"records_processed": processed, "sku_tasks_done": len(finished)}))
+    if len(finished) != partitions:
+        sys.exit(f"{peer}: stopped before every SKU task finished")
 
 
 def uuid5(name):

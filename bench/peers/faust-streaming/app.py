@@ -14,7 +14,6 @@ their SKU (the partitioner orderfold publishes inventory with), so they meet the
 inventory. The worker stops itself once every SKU task has applied everything.
 """
 
-import argparse
 import asyncio
 import json
 import os
@@ -81,28 +80,12 @@ class TableStore:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--brokers", required=True)
-    ap.add_argument("--published", required=True, help="JSON from orderfold bench --phase publish")
-    ap.add_argument("--expected", required=True, help="JSON from orderfold bench --phase expect")
-    ap.add_argument("--schemas", default=os.path.join(os.path.dirname(__file__), "../../../schemas"))
-    ap.add_argument("--state-dir", required=True)
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--reservation-ttl-ms", type=int, default=300_000)
-    ap.add_argument("--orphan-ttl-ms", type=int, default=3_600_000)
+    ap = fold.peer_arguments()
     args = ap.parse_args()
     create_topics(args.brokers, (COMMANDS, DLQ), args.partitions)
-
-    published = json.load(open(args.published))
-    expected = json.load(open(args.expected))
-    end_time = expected["end_time_ms"]
-    ends = {}
-    for tp, end in published["ends"].items():
-        topic, p = tp.rsplit("/", 1)
-        ends[(topic, int(p))] = end
+    run = fold.Run(args)
+    ends, end_time, codec, rules = run.ends, run.end_time, run.codec, run.rules
     n = args.partitions
-    codec = fold.Codec(args.schemas, expected["single_object_headers"])
-    rules = {"reservation_ttl_ms": args.reservation_ttl_ms, "orphan_ttl_ms": args.orphan_ttl_ms}
 
     app = faust.App(
         "orderfold-faust",
@@ -188,11 +171,7 @@ def main():
         worker.execute_from_commandline()
     except SystemExit:
         pass
-    processed = sum(t.processed for t in order_tasks.values()) + sum(
-        t.processed for t in sku_tasks.values())
-    print(json.dumps({"records_processed": processed, "sku_tasks_done": len(finished)}))
-    if len(finished) != n:
-        sys.exit("faust-streaming: stopped before every SKU task finished")
+    fold.finish("faust-streaming", order_tasks, sku_tasks, finished, n)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ repartition topic, partitioned by murmur2 like orderfold's, so they meet their S
 inventory. The application stops itself once every SKU task has applied everything.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -52,30 +51,14 @@ class Payload(Serializer):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--brokers", required=True)
-    ap.add_argument("--published", required=True, help="JSON from orderfold bench --phase publish")
-    ap.add_argument("--expected", required=True, help="JSON from orderfold bench --phase expect")
-    ap.add_argument("--schemas", default=os.path.join(os.path.dirname(__file__), "../../../schemas"))
-    ap.add_argument("--state-dir", required=True)
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--reservation-ttl-ms", type=int, default=300_000)
-    ap.add_argument("--orphan-ttl-ms", type=int, default=3_600_000)
+    ap = fold.peer_arguments()
     ap.add_argument("--commit-interval-s", type=float, default=5.0,
                     help="Quix's checkpoint interval; 5 s is Quix's own default")
     args = ap.parse_args()
     _tolerate_missing_retention()
-
-    published = json.load(open(args.published))
-    expected = json.load(open(args.expected))
-    end_time = expected["end_time_ms"]
-    ends = {}
-    for tp, end in published["ends"].items():
-        topic, p = tp.rsplit("/", 1)
-        ends[(topic, int(p))] = end
+    run = fold.Run(args)
+    ends, end_time, codec, rules = run.ends, run.end_time, run.codec, run.rules
     n = args.partitions
-    codec = fold.Codec(args.schemas, expected["single_object_headers"])
-    rules = {"reservation_ttl_ms": args.reservation_ttl_ms, "orphan_ttl_ms": args.orphan_ttl_ms}
 
     app = Application(
         broker_address=args.brokers,
@@ -158,11 +141,7 @@ def main():
     skus.to_topic(lambda v, k, ts, h: outputs[v["t"]], key=lambda v: v["k"])
 
     app.run()
-    processed = sum(t.processed for t in order_tasks.values()) + sum(
-        t.processed for t in sku_tasks.values())
-    print(json.dumps({"records_processed": processed, "sku_tasks_done": len(finished)}))
-    if len(finished) != n:
-        sys.exit("quixstreams: stopped before every SKU task finished")
+    fold.finish("quixstreams", order_tasks, sku_tasks, finished, n)
 
 
 if __name__ == "__main__":
