@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::event::{Millis, OversellAlert, ReservationExpired, TrackingStatus};
 use crate::fold::order::Order;
 use crate::fold::tracking::Tracking;
+use crate::merge;
 use crate::partition::partition_for_key;
 use crate::sink::{OutRecord, OutTopic, Route};
 use crate::stage::order::{self as order_stage, OrderTask, OrderView};
@@ -293,8 +294,8 @@ impl Driver {
     fn step_inner(&mut self, batch_records: usize, commit: bool) -> Result<bool, DriverError> {
         let mut progressed = false;
         let order_inputs = [topics::ORDERS, topics::PAYMENTS, topics::LOGISTICS];
-        for p in 0..self.order_tasks.len() {
-            let mut caught_up = [false; order_stage::INPUTS];
+        let mut caught_up = vec![[false; order_stage::INPUTS]; self.order_tasks.len()];
+        for (p, caught_up) in caught_up.iter_mut().enumerate() {
             for (rank, topic) in order_inputs.iter().enumerate() {
                 caught_up[rank] = feed(
                     &self.logs[*topic][p],
@@ -303,9 +304,19 @@ impl Driver {
                     rank,
                 );
             }
+        }
+        // The runtime's alignment, so the reference runs the same code.
+        let until = merge::aligned_until(
+            self.order_tasks
+                .iter()
+                .zip(&caught_up)
+                .filter_map(|(task, done)| task.position(*done)),
+            self.config.runtime.watermark_alignment_ms,
+        );
+        for (p, caught_up) in caught_up.into_iter().enumerate() {
             let mut out = Vec::new();
             let task = &mut self.order_tasks[p];
-            progressed |= task.run(caught_up, batch_records, &mut out)? > 0;
+            progressed |= task.run(caught_up, batch_records, until, &mut out)? > 0;
             task.prepare_commit(&mut out)?;
             progressed |= !out.is_empty();
             self.deliver(out);

@@ -79,6 +79,19 @@ pub fn next_sku_stage(
     }
 }
 
+/// The latest event time an order task of this instance may process up to: `alignment_ms`
+/// past the position (`OrderTask::position`) of the slowest task that still has input to
+/// read. That task's next record is at its position, so it can always move. The SKU stage
+/// holds every command until the slowest order partition's watermark passes it, so a task
+/// allowed to run ahead (a consumer can fetch one partition's whole backlog before the
+/// others') only fills the SKU stage's pending set; held back, it waits with its input on the
+/// broker instead. `Millis::MAX` when no task is behind.
+pub fn aligned_until(behind: impl IntoIterator<Item = Millis>, alignment_ms: u64) -> Millis {
+    behind.into_iter().min().map_or(Millis::MAX, |slowest| {
+        slowest.saturating_add(i64::try_from(alignment_ms).unwrap_or(Millis::MAX))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +119,15 @@ mod tests {
             next_order_stage(&[ev(5), behind, Head::DeadLetter]),
             Next::DeadLetter(2)
         );
+    }
+
+    #[test]
+    fn alignment_counts_from_the_slowest_task_behind() {
+        assert_eq!(aligned_until([30, 10, 20], 5), 15);
+        assert_eq!(aligned_until([], 5), Millis::MAX);
+        // A task still waiting for its first record holds the others until it has one.
+        assert_eq!(aligned_until([Millis::MIN, 10], 5), Millis::MIN + 5);
+        assert_eq!(aligned_until([Millis::MAX - 1], 5), Millis::MAX);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::codec::Codec;
 use crate::config::{Config, Guarantee};
 use crate::event::Millis;
 use crate::kafka::{self, Acks, ClientError, InputSlot, Layout, TopicNames};
+use crate::merge;
 use crate::metrics::{self, Metrics, Occurrence, Sent};
 use crate::query::Queries;
 use crate::sink::{OutRecord, OutTopic, Route};
@@ -1094,13 +1095,23 @@ impl Engine {
         let mut order_records = 0;
         let mut out = Vec::new();
         let order_ids: Vec<u32> = self.order.keys().copied().collect();
-        for p in order_ids {
-            let caught_up = std::array::from_fn(|rank| self.caught_up(consumer, p, rank));
+        let caught_up: Vec<[bool; order_stage::INPUTS]> = order_ids
+            .iter()
+            .map(|p| std::array::from_fn(|rank| self.caught_up(consumer, *p, rank)))
+            .collect();
+        let until = merge::aligned_until(
+            order_ids
+                .iter()
+                .zip(&caught_up)
+                .filter_map(|(p, done)| self.order.get(p)?.task.position(*done)),
+            self.config.runtime.watermark_alignment_ms,
+        );
+        for (p, caught_up) in order_ids.into_iter().zip(caught_up) {
             let Some(slot) = self.order.get_mut(&p) else {
                 continue;
             };
             let budget = limit.saturating_sub(slot.processed_since_commit);
-            let n = slot.task.run(caught_up, budget, &mut out)?;
+            let n = slot.task.run(caught_up, budget, until, &mut out)?;
             slot.processed_since_commit += n;
             total += n;
             order_records += n as u64;

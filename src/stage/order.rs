@@ -287,13 +287,38 @@ impl OrderTask {
         }
     }
 
-    /// Processes up to `max_records` buffered records in merge order. `caught_up[rank]` says
-    /// that input is at its last known end, so the merge need not wait for it. Returns how
-    /// many records were processed.
+    /// Where the task stands, for the alignment of order tasks (`merge::aligned_until`): the
+    /// time of the record it processes next, or its stream time while it waits for input.
+    /// Never the stream time alone: a task whose next record lies beyond the others' bound
+    /// must still be able to take it when it is the slowest. None when every input is caught
+    /// up: the task has nothing to catch up with.
+    pub fn position(&self, caught_up: [bool; INPUTS]) -> Option<Millis> {
+        if caught_up.iter().all(|c| *c) && self.buffers.iter().all(VecDeque::is_empty) {
+            return None;
+        }
+        let heads = [
+            self.head(ORDERS, caught_up[ORDERS]),
+            self.head(PAYMENTS, caught_up[PAYMENTS]),
+            self.head(LOGISTICS, caught_up[LOGISTICS]),
+        ];
+        Some(match merge::next_order_stage(&heads) {
+            Next::Record(rank) => match heads[rank] {
+                Head::Event { occurred_at } => occurred_at.max(self.meta.stream_time),
+                _ => self.meta.stream_time,
+            },
+            _ => self.meta.stream_time,
+        })
+    }
+
+    /// Processes up to `max_records` buffered records in merge order, none stamped after
+    /// `until` (the runtime's alignment of its order tasks, `merge::aligned_until`).
+    /// `caught_up[rank]` says that input is at its last known end, so the merge need not wait
+    /// for it. Returns how many records were processed.
     pub fn run(
         &mut self,
         caught_up: [bool; INPUTS],
         max_records: usize,
+        until: Millis,
         out: &mut Vec<OutRecord>,
     ) -> Result<usize, TaskError> {
         let mut processed = 0;
@@ -305,6 +330,9 @@ impl OrderTask {
             ];
             let rank = match merge::next_order_stage(&heads) {
                 Next::Wait => break,
+                Next::Record(rank) if matches!(heads[rank], Head::Event { occurred_at } if occurred_at > until) => {
+                    break
+                }
                 Next::DeadLetter(rank) | Next::Record(rank) => rank,
             };
             let Some(record) = self.buffers[rank].pop_front() else {
@@ -820,5 +848,65 @@ impl Input for OrderTask {
             value,
             decoded,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{OrderBody, OrderEvent, OrderLine, OrderPlaced};
+
+    fn placed(i: i64) -> OrderEvent {
+        OrderEvent {
+            event_id: format!("e-{i}"),
+            order_id: format!("o-{i}"),
+            occurred_at: 1_700_000_000_000 + i,
+            body: OrderBody::OrderPlaced(OrderPlaced {
+                user_id: "u".into(),
+                cart_id: "c".into(),
+                currency: "EUR".into(),
+                lines: vec![OrderLine {
+                    sku: "s-1".into(),
+                    quantity: 1,
+                    unit_price_minor: 100,
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn an_aligned_task_stops_before_the_first_record_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let codec = Codec::new().unwrap();
+        let topics = ["orders".into(), "payments".into(), "logistics".into()];
+        let mut task =
+            OrderTask::open(dir.path(), 0, topics, codec.clone(), &Config::default()).unwrap();
+        for i in 0..5 {
+            let value = codec.encode(&placed(i)).unwrap();
+            task.push(
+                ORDERS,
+                i,
+                i,
+                Some(format!("o-{i}").into_bytes()),
+                Some(value),
+            );
+        }
+        let caught_up = [false, true, true];
+        let mut out = Vec::new();
+        // Records at +0, +1, +2 are within the bound, +3 is past it.
+        assert_eq!(task.position(caught_up), Some(1_700_000_000_000));
+        assert_eq!(
+            task.run(caught_up, 100, 1_700_000_000_002, &mut out)
+                .unwrap(),
+            3
+        );
+        assert_eq!(task.meta().stream_time, 1_700_000_000_002);
+        assert_eq!(task.next_offset(ORDERS), 3);
+        // Its position is its next record, past its stream time: as the slowest task, its
+        // bound admits that record.
+        assert_eq!(task.position(caught_up), Some(1_700_000_000_003));
+        assert_eq!(task.run(caught_up, 100, Millis::MAX, &mut out).unwrap(), 2);
+        assert_eq!(task.next_offset(ORDERS), 5);
+        assert_eq!(task.position([true; INPUTS]), None);
     }
 }
