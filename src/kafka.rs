@@ -594,6 +594,21 @@ pub fn read_until(
     topic: &str,
     known_ends: Option<&EndOffsets>,
 ) -> Result<Vec<ReadRecord>, KafkaError> {
+    let mut out = Vec::new();
+    scan_until(config, topic, known_ends, |r| out.push(r))?;
+    Ok(out)
+}
+
+/// Hands every record of `topic` up to its end offsets (as `read_until` finds them) to `f`,
+/// holding none: a bounded run scans a whole inventory topic this way at startup, and a
+/// million opening-stock records held at once would be most of its memory. Fails when no
+/// record arrives for `REQUEST_TIMEOUT`, not when the whole topic takes longer than that.
+pub fn scan_until(
+    config: &Config,
+    topic: &str,
+    known_ends: Option<&EndOffsets>,
+    mut f: impl FnMut(ReadRecord),
+) -> Result<(), KafkaError> {
     let consumer: BaseConsumer = client_config(config)
         .set("enable.auto.commit", "false")
         .set(
@@ -614,12 +629,11 @@ pub fn read_until(
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
         }
     }
-    let mut out = Vec::new();
     if ends.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     consumer.assign(&tpl)?;
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut deadline = Instant::now() + REQUEST_TIMEOUT;
     while !ends.is_empty() {
         if Instant::now() > deadline {
             return Err(KafkaError::MessageConsumption(
@@ -630,6 +644,7 @@ pub fn read_until(
             continue;
         };
         let m = m?;
+        deadline = Instant::now() + REQUEST_TIMEOUT;
         let headers = m
             .headers()
             .map(|hs| {
@@ -643,7 +658,7 @@ pub fn read_until(
                     .collect()
             })
             .unwrap_or_default();
-        out.push(ReadRecord {
+        f(ReadRecord {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
@@ -657,7 +672,7 @@ pub fn read_until(
             ends.remove(&m.partition());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Headers as librdkafka takes them.

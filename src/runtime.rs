@@ -1541,12 +1541,7 @@ impl Engine {
             r.late_commands += m.late_commands;
             r.forced_commands += m.forced_commands;
             if self.ends.is_some() {
-                r.reservations += slot
-                    .task
-                    .skus()?
-                    .iter()
-                    .map(|s| s.reservations.len() as u64)
-                    .sum::<u64>();
+                r.reservations += slot.task.reservation_count()?;
             }
         }
         if !self.order.is_empty() || !self.sku.is_empty() {
@@ -1945,20 +1940,20 @@ fn capture_ends(
         }
     }
     let mut inventory_max = Millis::MIN;
-    for r in kafka::read_until(config, &names.inventory, Some(&offsets))? {
+    kafka::scan_until(config, &names.inventory, Some(&offsets), |r| {
         let within = offsets
             .get(&(names.inventory.clone(), r.partition))
             .is_some_and(|end| r.offset < *end)
             && start.is_none_or(|s| r.offset >= start_of(s, &names.inventory, r.partition as u32));
         if !within {
-            continue;
+            return;
         }
         if let Ok(e) =
             sku_stage::decode_inventory(codec, &bounds, r.key.as_deref(), r.value.as_deref())
         {
             inventory_max = inventory_max.max(e.occurred_at);
         }
-    }
+    })?;
     Ok(Ends {
         offsets,
         inventory_max,

@@ -677,6 +677,12 @@ impl SkuTask {
         Ok(out)
     }
 
+    /// Reservations held now, active and released: what `skus()` would list, without
+    /// building every SKU's view.
+    pub fn reservation_count(&self) -> Result<u64, TaskError> {
+        Ok(self.db.count(Store::Reservations)?)
+    }
+
     pub fn alert_count(&self, kind: AlertKind) -> u64 {
         self.meta.alerts.get(kind.label()).copied().unwrap_or(0)
     }
