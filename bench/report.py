@@ -73,6 +73,7 @@ def main():
             "peak_rss_mb": sizing and sizing["peak_rss_mb"],
             "finished": bool(sizing) and sizing["exit_code"] == 0,
             "reservation_records": sizing_report.get("reservations"),
+            "forced_commands": sizing_report.get("forced_commands"),
         },
     }
     rate = lambda s: (systems.get(s) or {}).get("events_per_s")  # noqa: E731
@@ -135,7 +136,8 @@ def markdown(r):
         lines += ["", f"Seed sizing (bench/seed-sizing.toml: {z['records']:,} records, 1,000,000"
                   f" SKUs, 1,000 reservations/s of event time with a 300 s TTL; {fmt(z['reservation_records'])}"
                   f" reservation records, active and released, at the end): peak RSS"
-                  f" **{z['peak_rss_mb']:.0f} MB** (goal < 512 MB), {z['seconds']:.0f} s"
+                  f" **{z['peak_rss_mb']:.0f} MB** (goal < 512 MB), {z['seconds']:.0f} s,"
+                  f" {fmt(z['forced_commands'])} commands forced ahead of the watermark"
                   + ("." if z["finished"] else ", and the run had not finished: stopped at the deadline"
                      " or failed, so the peak is of the part it processed.")]
     lines += ["", "![throughput and latency](bench/results/chart.png)"]

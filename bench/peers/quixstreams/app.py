@@ -71,8 +71,10 @@ def main():
         # the member in its group and its produced records in flight instead of failing.
         producer_extra_config={"partitioner": "murmur2_random", "linger.ms": 5,
                                "message.timeout.ms": 0, "request.timeout.ms": 120_000},
+        # A checkpoint's flush can wait minutes on a produce request tansu is slow to answer;
+        # without a long poll interval librdkafka takes the member out of its group meanwhile.
         consumer_extra_config={"session.timeout.ms": 300_000, "heartbeat.interval.ms": 10_000,
-                               "socket.timeout.ms": 300_000},
+                               "socket.timeout.ms": 300_000, "max.poll.interval.ms": 1_800_000},
         loglevel="WARNING",
     )
     inputs = {}
