@@ -132,7 +132,10 @@ pub fn ceiling(
 
 /// Reads, with a consumer of its own, every partition of `topics` in `ends` from its beginning
 /// to its end offset, handing each record to `f`; returns how many were read. Errors are the
-/// caller's own type; `timeout` makes the one for running past `limit`.
+/// caller's own type; `timeout` makes the one for `limit` passing with no record read. Not a
+/// limit on the whole read: a broker serving a million output records from a filling sqlite
+/// database took more than ten minutes, and stopping a read that still makes progress only
+/// struck out a correct run.
 pub(crate) fn read_from_beginning<E: From<rdkafka::error::KafkaError>>(
     config: &Config,
     purpose: &str,
@@ -161,17 +164,18 @@ pub(crate) fn read_from_beginning<E: From<rdkafka::error::KafkaError>>(
     for (t, p) in remaining.keys() {
         tpl.add_partition_offset(t, *p, Offset::Beginning)?;
     }
-    let started = Instant::now();
+    let mut last_record = Instant::now();
     consumer.assign(&tpl)?;
     let mut read = 0;
     while !remaining.is_empty() {
-        if started.elapsed() > limit {
+        if last_record.elapsed() > limit {
             return Err(timeout(limit));
         }
         let Some(m) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
         let m = m?;
+        last_record = Instant::now();
         read += 1;
         f(&m)?;
         let key = (m.topic().to_string(), m.partition());

@@ -635,21 +635,7 @@ mod tests {
     }
 
     fn placed() -> OrderEvent {
-        OrderEvent {
-            event_id: "e-1".into(),
-            order_id: "o-1".into(),
-            occurred_at: 1_700_000_000_000,
-            body: OrderBody::OrderPlaced(OrderPlaced {
-                user_id: "u".into(),
-                cart_id: "c".into(),
-                currency: "EUR".into(),
-                lines: vec![OrderLine {
-                    sku: "s-1".into(),
-                    quantity: 2,
-                    unit_price_minor: 999,
-                }],
-            }),
-        }
+        crate::event::fixtures::placed(1, 1_700_000_000_000)
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum CompareError {
         offset: i64,
         error: DecodeError,
     },
-    #[error("reading the outputs did not reach their end offsets within {0:?}")]
+    #[error("reading the outputs stopped: no record arrived for {0:?} before their end offsets")]
     Timeout(Duration),
     #[error("codec: {0}")]
     Schema(#[from] crate::codec::SchemaError),

@@ -297,3 +297,28 @@ pub struct Watermark {
     pub stream_time: Millis,
     pub end_of_input: bool,
 }
+
+/// Events for unit tests across modules.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// Order `o-{n}` placed at `occurred_at` (event `e-{n}`): two of `s-1` at 9.99 EUR.
+    pub(crate) fn placed(n: i64, occurred_at: Millis) -> OrderEvent {
+        OrderEvent {
+            event_id: format!("e-{n}"),
+            order_id: format!("o-{n}"),
+            occurred_at,
+            body: OrderBody::OrderPlaced(OrderPlaced {
+                user_id: "u".into(),
+                cart_id: "c".into(),
+                currency: "EUR".into(),
+                lines: vec![OrderLine {
+                    sku: "s-1".into(),
+                    quantity: 2,
+                    unit_price_minor: 999,
+                }],
+            }),
+        }
+    }
+}

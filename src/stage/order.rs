@@ -854,25 +854,7 @@ impl Input for OrderTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{OrderBody, OrderEvent, OrderLine, OrderPlaced};
-
-    fn placed(i: i64) -> OrderEvent {
-        OrderEvent {
-            event_id: format!("e-{i}"),
-            order_id: format!("o-{i}"),
-            occurred_at: 1_700_000_000_000 + i,
-            body: OrderBody::OrderPlaced(OrderPlaced {
-                user_id: "u".into(),
-                cart_id: "c".into(),
-                currency: "EUR".into(),
-                lines: vec![OrderLine {
-                    sku: "s-1".into(),
-                    quantity: 1,
-                    unit_price_minor: 100,
-                }],
-            }),
-        }
-    }
+    use crate::event::fixtures::placed;
 
     #[test]
     fn an_aligned_task_stops_before_the_first_record_past_its_bound() {
@@ -882,7 +864,7 @@ mod tests {
         let mut task =
             OrderTask::open(dir.path(), 0, topics, codec.clone(), &Config::default()).unwrap();
         for i in 0..5 {
-            let value = codec.encode(&placed(i)).unwrap();
+            let value = codec.encode(&placed(i, 1_700_000_000_000 + i)).unwrap();
             task.push(
                 ORDERS,
                 i,
