@@ -233,8 +233,8 @@ pub struct RuntimeConfig {
     /// watermark has passed it, so this, not `commit_interval_ms`, bounds how long an alert
     /// waits. Each publication is one record per SKU partition. 0 publishes at commits only.
     pub watermark_interval_ms: u64,
-    /// How far in event time an order task may run ahead of the slowest order task of this
-    /// instance that still has input to read. Commands wait in the SKU stage's memory until
+    /// Bounded runs: how far in event time an order task may run ahead of the slowest order
+    /// task of this instance that still has input to read. Commands wait in the SKU stage's memory until
     /// the slowest order partition's watermark passes them, so this bounds that wait (and the
     /// memory) when the consumer fetches one partition's backlog before the others'.
     pub watermark_alignment_ms: u64,

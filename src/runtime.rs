@@ -1099,13 +1099,20 @@ impl Engine {
             .iter()
             .map(|p| std::array::from_fn(|rank| self.caught_up(consumer, *p, rank)))
             .collect();
-        let until = merge::aligned_until(
-            order_ids
-                .iter()
-                .zip(&caught_up)
-                .filter_map(|(p, done)| self.order.get(p)?.task.position(*done)),
-            self.config.runtime.watermark_alignment_ms,
-        );
+        // Bounded runs only. In live runs against tansu, aligned order tasks slowed to a few
+        // records per commit in the broker fault tests; until that is understood, a live run
+        // relies on `pending_commands_max` alone (docs/ARCHITECTURE.md, "Alignment").
+        let until = if self.ends.is_some() {
+            merge::aligned_until(
+                order_ids
+                    .iter()
+                    .zip(&caught_up)
+                    .filter_map(|(p, done)| self.order.get(p)?.task.position(*done)),
+                self.config.runtime.watermark_alignment_ms,
+            )
+        } else {
+            Millis::MAX
+        };
         for (p, caught_up) in order_ids.into_iter().zip(caught_up) {
             let Some(slot) = self.order.get_mut(&p) else {
                 continue;
