@@ -22,7 +22,7 @@ use rdkafka::mocking::MockCluster;
 
 fn schema_file(kind: RecordKind) -> PathBuf {
     let name = kind.full_name().trim_start_matches("orderfold.");
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.avsc"))
+    broker::process::repo().join(format!("schemas/{name}.avsc"))
 }
 
 /// The record kind of an input topic of the driver's naming.

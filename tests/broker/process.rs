@@ -17,8 +17,13 @@ pub struct Tansu {
     pub addr: String,
 }
 
+/// The checkout under test. Read when the test runs (cargo sets it for every test process):
+/// the build cache is shared between checkouts at different paths, and cargo does not rebuild
+/// a test binary that only moved, so the path compiled into it may name another checkout.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 impl Tansu {
