@@ -159,7 +159,7 @@ def markdown(r):
 def chart(d, systems, latency):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = [s for s in systems if systems[s]["events_per_s"]]
-    a.bar([LABELS[s] for s in names], [systems[s]["events_per_s"] for s in names],
+    a.bar([LABELS[s].replace(" ", "\n", 1) for s in names], [systems[s]["events_per_s"] for s in names],
           color=[COLORS[s] for s in names])
     a.set_ylabel("events/s (1,000,000-event log)")
     a.set_title("Throughput, same log, same broker build")
@@ -173,11 +173,12 @@ def chart(d, systems, latency):
     b.plot([x + width for x in range(len(rates))], [latency[r]["broker_hop"]["p99_ms"] for r in rates],
            "k_", markersize=30, label="broker hop p99")
     b.set_xticks([x + width for x in range(len(rates))],
-                 [pass_label(r, latency[r]).replace(", ", "\n") for r in rates], fontsize=7)
+                 [f"{latency[r]['rate_per_s']:,}/s\nfetch wait"
+                  f" {10 if r.endswith('-fetch10') else 500} ms" for r in rates], fontsize=7)
     b.set_yscale("log")
     b.set_ylabel("ms, input sent to alert consumed")
     b.set_title("orderfold end-to-end latency (at_least_once)")
-    b.legend(fontsize=8)
+    b.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(os.path.join(d, "chart.png"), dpi=110)
 
