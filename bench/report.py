@@ -100,8 +100,13 @@ def main():
         open(doc, "w").write(text)
 
 
+def fetch_wait_ms(name):
+    """The clients' fetch.wait.max.ms in latency pass NAME: 10, or librdkafka's default 500."""
+    return 10 if name.endswith("-fetch10") else 500
+
+
 def pass_label(name, l):
-    fetch = "fetch.wait.max.ms 10" if name.endswith("-fetch10") else "librdkafka defaults"
+    fetch = "fetch.wait.max.ms 10" if fetch_wait_ms(name) == 10 else "librdkafka defaults"
     return f"{l['rate_per_s']:,}/s, {fetch}"
 
 
@@ -173,8 +178,8 @@ def chart(d, systems, latency):
     b.plot([x + width for x in range(len(rates))], [latency[r]["broker_hop"]["p99_ms"] for r in rates],
            "k_", markersize=30, label="broker hop p99")
     b.set_xticks([x + width for x in range(len(rates))],
-                 [f"{latency[r]['rate_per_s']:,}/s\nfetch wait"
-                  f" {10 if r.endswith('-fetch10') else 500} ms" for r in rates], fontsize=7)
+                 [f"{latency[r]['rate_per_s']:,}/s\nfetch wait {fetch_wait_ms(r)} ms"
+                  for r in rates], fontsize=7)
     b.set_yscale("log")
     b.set_ylabel("ms, input sent to alert consumed")
     b.set_title("orderfold end-to-end latency (at_least_once)")

@@ -4,7 +4,8 @@
 //! be accounted for. It runs for `ORDERFOLD_FUZZ_SECONDS` (10 s by default; `scripts/test` gives
 //! it 60 s), each round from a new seed that a failure prints, so a crash can be reproduced.
 
-use std::path::PathBuf;
+mod broker;
+
 use std::time::{Duration, Instant};
 
 use orderfold::codec::{reframe_confluent, Codec};
@@ -38,11 +39,7 @@ fn valid_records() -> Vec<(&'static str, Option<String>, Vec<u8>)> {
 /// Schema ids a Confluent-framed mutation may carry, 1 to 4, one per input kind.
 fn confluent_config() -> Config {
     let mut config = Config::default();
-    // Read at run time, as tests/broker/process.rs `repo` explains: the compiled-in path may
-    // name another checkout that shares the build cache.
-    let root = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = broker::process::repo();
     for (id, name) in [
         "OrderEvent",
         "PaymentEvent",
