@@ -12,6 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
@@ -430,39 +431,34 @@ pub fn partition_counts(
     Ok(counts)
 }
 
-/// The startup check: every topic exists, and each stage's inputs and changelogs have equal
-/// partition counts (partition p of each must hold the same keys, or a task would see half an
-/// order, and a task's changelog partition is its own).
+/// The startup check: every topic of `topic_specs` exists, and each stage's co-partitioned
+/// topics (its inputs and changelogs) have equal partition counts: partition p of each must
+/// hold the same keys, or a task would see half an order, and a task's changelog partition is
+/// its own.
 pub fn check_layout(config: &Config) -> Result<Layout, ClientError> {
-    let names = TopicNames::from_config(config);
-    let order: Vec<&str> = names
-        .order_inputs()
-        .into_iter()
-        .chain(names.order_changelogs.iter().map(|(_, t)| t.as_str()))
-        .collect();
-    let sku: Vec<&str> = names
-        .sku_inputs()
-        .into_iter()
-        .chain(names.sku_changelogs.iter().map(|(_, t)| t.as_str()))
-        .collect();
-    let mut all: Vec<&str> = order.iter().chain(&sku).copied().collect();
-    all.extend(names.outputs());
+    let specs = topic_specs(config);
+    let all: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     let counts = partition_counts(config, &all)?;
-    for t in &all {
-        if !counts.contains_key(*t) {
-            return Err(ClientError::Missing(t.to_string()));
-        }
+    if let Some(missing) = all.iter().find(|t| !counts.contains_key(**t)) {
+        return Err(ClientError::Missing(missing.to_string()));
     }
-    let stage = |name: &'static str, topics: &[&str]| -> Result<u32, ClientError> {
-        let n: Vec<u32> = topics.iter().map(|t| counts[*t]).collect();
-        if n.iter().all(|c| *c == n[0]) {
-            Ok(n[0])
+    let stage = |stage: Stage| -> Result<u32, ClientError> {
+        let topics: Vec<(&str, u32)> = specs
+            .iter()
+            .filter(|s| s.copartitioned == Some(stage))
+            .map(|s| (s.name.as_str(), counts[&s.name]))
+            .collect();
+        let first = topics.first().map_or(0, |(_, n)| *n);
+        if topics.iter().all(|(_, n)| *n == first) {
+            Ok(first)
         } else {
             Err(ClientError::Mismatch {
-                stage: name,
+                stage: match stage {
+                    Stage::Order => "order",
+                    Stage::Sku => "SKU",
+                },
                 counts: topics
                     .iter()
-                    .zip(&n)
                     .map(|(t, c)| format!("{t} has {c}"))
                     .collect::<Vec<_>>()
                     .join(", "),
@@ -470,8 +466,8 @@ pub fn check_layout(config: &Config) -> Result<Layout, ClientError> {
         }
     };
     Ok(Layout {
-        order_partitions: stage("order", &order)?,
-        sku_partitions: stage("SKU", &sku)?,
+        order_partitions: stage(Stage::Order)?,
+        sku_partitions: stage(Stage::Sku)?,
     })
 }
 
@@ -482,6 +478,9 @@ pub struct TopicSpec {
     pub partitions: u32,
     /// A changelog: `cleanup.policy=compact` with the configured `min.compaction.lag.ms`.
     pub compacted: bool,
+    /// The stage whose tasks read this topic's partition p together with the stage's other
+    /// co-partitioned topics (its inputs and changelogs); `check_layout` holds them equal.
+    pub copartitioned: Option<Stage>,
 }
 
 impl TopicSpec {
@@ -490,36 +489,43 @@ impl TopicSpec {
             name: name.to_string(),
             partitions,
             compacted: false,
+            copartitioned: None,
         }
     }
 }
 
-/// Every topic orderfold reads or writes: the order stage's topics and changelogs with
-/// `topics.order_partitions`, the SKU stage's with `topics.sku_partitions`, the dead-letter
-/// topic with one.
+/// Every topic a configuration needs, the one list everything that creates or checks topics
+/// reads (`topics create`, the startup check, the demo, the benchmarks, the tests): the order
+/// stage's inputs, outputs and changelogs with `topics.order_partitions`, the SKU stage's with
+/// `topics.sku_partitions`, the dead-letter topic with one.
 pub fn topic_specs(config: &Config) -> Vec<TopicSpec> {
     let names = TopicNames::from_config(config);
     let t = &config.topics;
+    let (order, sku) = (Some(Stage::Order), Some(Stage::Sku));
     let mut specs: Vec<TopicSpec> = [
-        (&names.orders, t.order_partitions),
-        (&names.payments, t.order_partitions),
-        (&names.logistics, t.order_partitions),
-        (&names.reservation_expiry, t.order_partitions),
-        (&names.tracking_status, t.order_partitions),
-        (&names.inventory, t.sku_partitions),
-        (&names.sku_commands, t.sku_partitions),
-        (&names.oversell_alerts, t.sku_partitions),
-        (&names.dead_letters, 1),
+        (&names.orders, t.order_partitions, order),
+        (&names.payments, t.order_partitions, order),
+        (&names.logistics, t.order_partitions, order),
+        (&names.reservation_expiry, t.order_partitions, None),
+        (&names.tracking_status, t.order_partitions, None),
+        (&names.inventory, t.sku_partitions, sku),
+        (&names.sku_commands, t.sku_partitions, sku),
+        (&names.oversell_alerts, t.sku_partitions, None),
+        (&names.dead_letters, 1, None),
     ]
     .into_iter()
-    .map(|(name, n)| TopicSpec::new(name, n))
+    .map(|(name, n, copartitioned)| TopicSpec {
+        copartitioned,
+        ..TopicSpec::new(name, n)
+    })
     .collect();
-    for (changelogs, n) in [
-        (&names.order_changelogs, t.order_partitions),
-        (&names.sku_changelogs, t.sku_partitions),
+    for (stage, n) in [
+        (Stage::Order, t.order_partitions),
+        (Stage::Sku, t.sku_partitions),
     ] {
-        specs.extend(changelogs.iter().map(|(_, name)| TopicSpec {
+        specs.extend(names.changelogs(stage).iter().map(|(_, name)| TopicSpec {
             compacted: true,
+            copartitioned: Some(stage),
             ..TopicSpec::new(name, n)
         }));
     }
@@ -529,6 +535,22 @@ pub fn topic_specs(config: &Config) -> Vec<TopicSpec> {
 /// Creates every topic of `topic_specs` that does not exist yet; returns the names created.
 pub async fn create_topics(config: &Config) -> Result<Vec<String>, ClientError> {
     create_missing(config, &topic_specs(config)).await
+}
+
+/// Creates every topic of `topic_specs` on librdkafka's in-process mock cluster, which has no
+/// CreateTopics request: the demo, `bench --phase metrics` and the fast tests use it, so they
+/// know every topic `topics create` knows (a changelog added later included) from one list.
+/// The mock keeps no topic configs, so changelogs are created without compaction there.
+pub fn create_on_mock<C: ClientContext>(
+    cluster: &MockCluster<'_, C>,
+    config: &Config,
+) -> Result<Vec<String>, ClientError> {
+    let mut created = Vec::new();
+    for t in topic_specs(config) {
+        cluster.create_topic(&t.name, t.partitions as i32, 1)?;
+        created.push(t.name);
+    }
+    Ok(created)
 }
 
 /// Creates those of `wanted` that do not exist yet; returns their names.

@@ -41,11 +41,7 @@ fn cluster_config(
     state: &std::path::Path,
 ) -> Config {
     let config = broker::config(&cluster.bootstrap_servers(), state, 2, 2);
-    for t in kafka::topic_specs(&config) {
-        cluster
-            .create_topic(&t.name, t.partitions as i32, 1)
-            .unwrap();
-    }
+    kafka::create_on_mock(cluster, &config).unwrap();
     config
 }
 
