@@ -19,12 +19,7 @@ fn create_topics(
     cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
     config: &Config,
 ) {
-    // The mock cluster takes no topic configs; compaction does not matter here.
-    for t in kafka::topic_specs(config) {
-        cluster
-            .create_topic(&t.name, t.partitions as i32, 1)
-            .unwrap();
-    }
+    kafka::create_on_mock(cluster, config).unwrap();
 }
 
 /// A bounded run of the runtime in this process.
@@ -300,4 +295,64 @@ fn the_benchmark_gate_counts_outputs_by_event_id_and_tells_a_run_that_fell_short
         orderfold::compare::observed(&config, limit).unwrap(),
         expected
     );
+}
+
+/// Fills partition 0 of `topic` with about 6 MiB of records that are not Avro, past the 5 MiB
+/// the mock cluster keeps per partition, so it deletes the partition's oldest records.
+fn overflow_partition(config: &Config, topic: &str) {
+    let filler = vec![b'x'; 100 * 1024];
+    kafka::produce_all(
+        config,
+        (0..60).map(|_| (topic, Some(&b"o-filler"[..]), Some(filler.as_slice()))),
+        None,
+        |_| {},
+    )
+    .unwrap();
+}
+
+#[test]
+fn input_deleted_before_it_was_processed_stops_the_run_instead_of_skipping_it() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 1, 1);
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(3, 200);
+    produce(&config, &records);
+    run_until_end(&config).unwrap();
+    // Retention (here: the mock's size limit) deletes records past the orders offset the task
+    // committed before the next run reads them: skipping to what is left would lose them.
+    overflow_partition(&config, &config.topics.orders);
+    let err = run_until_end(&config).expect_err("deleted input must stop the run");
+    assert!(
+        matches!(err, RuntimeError::InputDeleted(_)),
+        "{err} ({err:?})"
+    );
+    assert!(
+        err.to_string()
+            .contains("deleted before orderfold processed them"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_task_that_has_processed_nothing_starts_where_the_log_starts_now() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 1, 1);
+    create_topics(&cluster, &config);
+    // The orders partition lost its first records to retention before orderfold ever ran.
+    overflow_partition(&config, &config.topics.orders);
+    let (_, records) = broker::workload(3, 200);
+    produce(&config, &records);
+    let report = run_until_end(&config).unwrap();
+    let orders = &report.accounting[&config.topics.orders];
+    let produced = records
+        .iter()
+        .filter(|r| r.topic == orderfold::driver::topics::ORDERS)
+        .count() as u64;
+    // Every generated order record, and what is left of the filler (dead-lettered): some of
+    // it, not all, and nothing refused the run.
+    assert!(orders.consumed > produced, "{orders:?}");
+    assert!(orders.consumed < produced + 60, "{orders:?}");
+    assert!(orders.closes(), "{orders:?}");
 }
