@@ -30,8 +30,12 @@ pub struct WorkloadSpec {
     pub reservation_ttl_ms: Millis,
     pub payment_failure_ratio: f64,
     pub abandon_ratio: f64,
-    /// Of captures: paid after the deadline.
+    /// Of captures: paid after the deadline, when the reservation has expired.
     pub late_capture_ratio: f64,
+    /// Of orders the checkout refused (a SKU was out of stock): captured all the same, by a
+    /// payment service that did not wait for the reservation's answer. The rest are
+    /// cancelled by the checkout at once.
+    pub refused_capture_ratio: f64,
     /// Of paid orders: cancelled (some before shipping, some after).
     pub cancel_ratio: f64,
     /// Of all events: sent twice with the same event id.
@@ -60,6 +64,7 @@ impl Default for WorkloadSpec {
             payment_failure_ratio: 0.2,
             abandon_ratio: 0.1,
             late_capture_ratio: 0.02,
+            refused_capture_ratio: 0.01,
             cancel_ratio: 0.03,
             duplicate_ratio: 0.01,
             out_of_order_scan_ratio: 0.02,
@@ -166,7 +171,176 @@ fn sku_name(i: usize) -> String {
     format!("sku-{i:06}")
 }
 
+/// A change to one SKU's stock that the SKU stage will apply at an instant of event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    /// An ACTIVE reservation ends without a sale (expiry, payment failure, cancel).
+    Release { sku: usize, quantity: i64 },
+    /// A capture sells the units; `reserved` when it commits an ACTIVE reservation.
+    Commit {
+        sku: usize,
+        quantity: i64,
+        reserved: bool,
+    },
+    /// A paid order cancelled before shipping gives its units back.
+    Restock { sku: usize, quantity: i64 },
+    /// Inventory movements during the sale. A cycle count finds what the warehouse should
+    /// hold less `shrink` units; its record is made when it is applied, from the stock then.
+    Received {
+        sku: usize,
+        quantity: i64,
+        event: usize,
+    },
+    Counted {
+        sku: usize,
+        shrink: i64,
+        event: usize,
+    },
+}
+
+impl Change {
+    /// Inventory records go first among changes at the same instant, as in the SKU stage.
+    fn rank(&self) -> u8 {
+        match self {
+            Change::Received { .. } | Change::Counted { .. } => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// One SKU's stock as the SKU stage keeps it (one warehouse per SKU in this workload).
+#[derive(Debug, Clone, Copy, Default)]
+struct SkuStock {
+    warehouse: i64,
+    net_sales: i64,
+    reserved: i64,
+}
+
+impl SkuStock {
+    fn available(&self) -> i64 {
+        self.warehouse + self.net_sales - self.reserved
+    }
+}
+
+/// The checkout's view of stock: the SKU stage's first-come-first-served decision, replayed in
+/// event time, so the generator knows which orders were refused before it decides what their
+/// customers and payment service do next.
+struct Checkout {
+    skus: Vec<SkuStock>,
+    /// Changes not yet applied, by (instant, rank, order scheduled).
+    due: std::collections::BinaryHeap<std::cmp::Reverse<(Millis, u8, u64, Change)>>,
+    scheduled: u64,
+}
+
+impl Checkout {
+    fn schedule(&mut self, at: Millis, change: Change) {
+        self.scheduled += 1;
+        self.due.push(std::cmp::Reverse((
+            at,
+            change.rank(),
+            self.scheduled,
+            change,
+        )));
+    }
+
+    /// Reserves `quantity` of `sku` if it is available; false when the SKU stage would refuse.
+    fn reserve(&mut self, sku: usize, quantity: i64) -> bool {
+        let s = &mut self.skus[sku];
+        if quantity <= s.available() {
+            s.reserved += quantity;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Gen {
+    /// Applies every change due before a command at `until` (inventory at `until` included),
+    /// emitting the inventory records whose values depend on the stock then.
+    fn apply_due(&mut self, checkout: &mut Checkout, until: Millis) {
+        while let Some(std::cmp::Reverse((at, rank, _, change))) = checkout.due.peek().copied() {
+            if (at, rank) >= (until, 1) {
+                break;
+            }
+            checkout.due.pop();
+            let body = match change {
+                Change::Release { sku, quantity } => {
+                    checkout.skus[sku].reserved -= quantity;
+                    None
+                }
+                Change::Commit {
+                    sku,
+                    quantity,
+                    reserved,
+                } => {
+                    let s = &mut checkout.skus[sku];
+                    if reserved {
+                        s.reserved -= quantity;
+                    }
+                    s.net_sales -= quantity;
+                    None
+                }
+                Change::Restock { sku, quantity } => {
+                    checkout.skus[sku].net_sales += quantity;
+                    None
+                }
+                Change::Received {
+                    sku,
+                    quantity,
+                    event,
+                } => {
+                    checkout.skus[sku].warehouse += quantity;
+                    Some((
+                        sku,
+                        event,
+                        InventoryBody::StockReceived(StockReceived {
+                            quantity: quantity as i32,
+                        }),
+                    ))
+                }
+                Change::Counted { sku, shrink, event } => {
+                    let s = &mut checkout.skus[sku];
+                    s.warehouse = (s.warehouse - shrink).max(0);
+                    Some((
+                        sku,
+                        event,
+                        InventoryBody::StockCounted(StockCounted {
+                            on_hand: s.warehouse.min(i32::MAX as i64) as i32,
+                        }),
+                    ))
+                }
+            };
+            if let Some((i, m, body)) = body {
+                let sku = sku_name(i);
+                let e = InventoryEvent {
+                    event_id: format!("inv-{m}"),
+                    sku: sku.clone(),
+                    warehouse_id: format!("wh-{}", i % 3),
+                    occurred_at: at,
+                    body,
+                };
+                self.emit(
+                    at,
+                    Generated {
+                        topic: topics::INVENTORY,
+                        key: Some(sku),
+                        payload: Payload::Inventory(e),
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// The workload for `spec`, in publish order.
+///
+/// The checkout behaves like one that reserves: it learns whether each order's reservations
+/// were accepted (`Checkout` replays the SKU stage's decision) and only an order reserved in
+/// full goes on to pay, fail or be abandoned. A refused order is cancelled by the checkout at
+/// once, except for `refused_capture_ratio` of them, whose payment service captured without
+/// waiting for the answer; those, and late captures of expired reservations, are the
+/// oversells, as in production.
 pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
     let mut g = Gen {
         rng: ChaCha8Rng::seed_from_u64(spec.seed),
@@ -177,22 +351,27 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
     let skus = spec.skus.max(1);
     let zipf = Zipf::new(skus as f64, spec.zipf_exponent.max(0.01)).ok();
     let start = spec.start_ms;
+    let mut checkout = Checkout {
+        skus: vec![SkuStock::default(); skus],
+        due: Default::default(),
+        scheduled: 0,
+    };
     // Opening stock: hot SKUs (the most popular ranks) get a handful of units.
     for i in 0..skus {
         let qty = if i < spec.hot_skus {
             spec.hot_stock
         } else {
             spec.stock_per_sku
-        };
+        }
+        .max(1);
+        checkout.skus[i].warehouse = qty as i64;
         let sku = sku_name(i);
         let e = InventoryEvent {
             event_id: format!("inv-open-{i}"),
             sku: sku.clone(),
             warehouse_id: format!("wh-{}", i % 3),
             occurred_at: start - 60_000 + (i as Millis % 1_000),
-            body: InventoryBody::StockReceived(StockReceived {
-                quantity: qty.max(1),
-            }),
+            body: InventoryBody::StockReceived(StockReceived { quantity: qty }),
         };
         g.push(
             e.occurred_at,
@@ -204,21 +383,60 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
         );
     }
     let interval = (1_000 / spec.orders_per_sec.max(1) as i64).max(1);
+    let end = start + spec.orders as Millis * interval;
+    // Restocks and cycle counts of the popular SKUs during the sale; a count finds up to two
+    // units fewer than the warehouse should hold (shrinkage), which can leave fewer units
+    // than are promised.
+    let movements = (spec.orders / 50).max(1);
+    for m in 0..movements {
+        let at = g.between(start, end.max(start + 1));
+        let sku = g.rng.random_range(0..skus.min(spec.hot_skus.max(1) * 4));
+        let change = if g.chance(0.5) {
+            Change::Received {
+                sku,
+                quantity: 1 + g.rng.random_range(0..10),
+                event: m,
+            }
+        } else {
+            Change::Counted {
+                sku,
+                shrink: g.rng.random_range(0..3),
+                event: m,
+            }
+        };
+        checkout.schedule(at, change);
+    }
     let ttl = spec.reservation_ttl_ms;
     for n in 0..spec.orders {
         let placed_at = start + n as Millis * interval + g.between(0, interval);
         let order_id = format!("o-{n:08}");
         let line_count = 1 + g.rng.random_range(0..3usize);
-        let lines = (0..line_count)
+        let lines: Vec<(usize, OrderLine)> = (0..line_count)
             .map(|_| {
                 let rank = zipf.as_ref().map_or(1.0, |z| z.sample(&mut g.rng)) as usize;
-                OrderLine {
-                    sku: sku_name(rank.clamp(1, skus) - 1),
+                let i = rank.clamp(1, skus) - 1;
+                let line = OrderLine {
+                    sku: sku_name(i),
                     quantity: 1 + g.rng.random_range(0..2),
                     unit_price_minor: 1_000 + g.rng.random_range(0..50_000),
-                }
+                };
+                (i, line)
             })
             .collect();
+        // One reservation per (order, SKU), in first-appearance order, as the order stage sends.
+        let mut per_sku: Vec<(usize, i64)> = Vec::new();
+        for (i, line) in &lines {
+            match per_sku.iter_mut().find(|(s, _)| s == i) {
+                Some((_, q)) => *q += line.quantity as i64,
+                None => per_sku.push((*i, line.quantity as i64)),
+            }
+        }
+        g.apply_due(&mut checkout, placed_at);
+        let reserved: Vec<bool> = per_sku
+            .iter()
+            .map(|(i, q)| checkout.reserve(*i, *q))
+            .collect();
+        let accepted = reserved.iter().all(|r| *r);
         let placed = OrderEvent {
             event_id: format!("{order_id}-placed"),
             order_id: order_id.clone(),
@@ -227,7 +445,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
                 user_id: format!("u-{}", g.rng.random_range(0..100_000)),
                 cart_id: format!("c-{n}"),
                 currency: "EUR".into(),
-                lines,
+                lines: lines.into_iter().map(|(_, l)| l).collect(),
             }),
         };
         let orphan = g.chance(spec.orphan_ratio);
@@ -239,8 +457,39 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
                 payload: Payload::Order(placed),
             },
         );
-
-        let roll = g.rng.random::<f64>();
+        // What ends the order's reservations: releases of the accepted ones at `at`.
+        let release_all = |c: &mut Checkout, at: Millis| {
+            for ((sku, quantity), r) in per_sku.iter().zip(&reserved) {
+                if *r {
+                    c.schedule(
+                        at,
+                        Change::Release {
+                            sku: *sku,
+                            quantity: *quantity,
+                        },
+                    );
+                }
+            }
+        };
+        // A capture sells every line; `active` when the accepted reservations are still held.
+        let commit_all = |c: &mut Checkout, at: Millis, active: bool| {
+            for ((sku, quantity), r) in per_sku.iter().zip(&reserved) {
+                c.schedule(
+                    at,
+                    Change::Commit {
+                        sku: *sku,
+                        quantity: *quantity,
+                        reserved: active && *r,
+                    },
+                );
+            }
+        };
+        let order_event = |event_id: String, at: Millis, body: OrderBody| OrderEvent {
+            event_id,
+            order_id: order_id.clone(),
+            occurred_at: at,
+            body,
+        };
         let payment = |event_id: String, at: Millis, body: PaymentBody| PaymentEvent {
             event_id,
             order_id: order_id.clone(),
@@ -248,11 +497,40 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             occurred_at: at,
             body,
         };
-        if roll < spec.abandon_ratio {
-            continue; // The cart is abandoned: the reservation expires.
+        let raced = !accepted && g.chance(spec.refused_capture_ratio);
+        if !accepted && !raced {
+            // The checkout tells the customer the items are gone and cancels the order, which
+            // releases what it did reserve.
+            let at = placed_at + g.between(200, 2_000);
+            release_all(&mut checkout, at);
+            let e = order_event(
+                format!("{order_id}-refused"),
+                at,
+                OrderBody::OrderCancelled(OrderCancelled {
+                    reason: "out_of_stock".into(),
+                }),
+            );
+            g.emit(
+                at,
+                Generated {
+                    topic: topics::ORDERS,
+                    key: Some(order_id.clone()),
+                    payload: Payload::Order(e),
+                },
+            );
+            continue;
         }
-        if roll < spec.abandon_ratio + spec.payment_failure_ratio {
+
+        let roll = g.rng.random::<f64>();
+        let deadline = placed_at + ttl;
+        if !raced && roll < spec.abandon_ratio {
+            // The cart is abandoned: the reservation expires just after its deadline.
+            release_all(&mut checkout, deadline + 1);
+            continue;
+        }
+        if !raced && roll < spec.abandon_ratio + spec.payment_failure_ratio {
             let at = placed_at + g.between(1_000, ttl / 2);
+            release_all(&mut checkout, at);
             let e = payment(
                 format!("{order_id}-failed"),
                 at,
@@ -270,15 +548,19 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             );
             continue;
         }
-        let late = g.chance(spec.late_capture_ratio);
+        let late = !raced && g.chance(spec.late_capture_ratio);
         let paid_at = if late {
             placed_at + ttl + g.between(1, 60_000)
-        } else if orphan {
+        } else if orphan && !raced {
             // Published before its order: parked, then applied when the order arrives.
             placed_at - g.between(1, 1_000)
         } else {
             placed_at + g.between(1_000, ttl / 3)
         };
+        if late {
+            release_all(&mut checkout, deadline + 1);
+        }
+        commit_all(&mut checkout, paid_at.max(placed_at), !late);
         let e = payment(
             format!("{order_id}-captured"),
             paid_at,
@@ -352,14 +634,26 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             } else {
                 at + 1_000
             };
-            let e = OrderEvent {
-                event_id: format!("{order_id}-cancelled"),
-                order_id: order_id.clone(),
-                occurred_at: cancel_at.max(paid_at + 1),
-                body: OrderBody::OrderCancelled(OrderCancelled {
+            let cancel_at = cancel_at.max(paid_at + 1);
+            if cancel_before_ship {
+                // Paid and not shipped: the units go back on the shelf.
+                for (sku, quantity) in &per_sku {
+                    checkout.schedule(
+                        cancel_at,
+                        Change::Restock {
+                            sku: *sku,
+                            quantity: *quantity,
+                        },
+                    );
+                }
+            }
+            let e = order_event(
+                format!("{order_id}-cancelled"),
+                cancel_at,
+                OrderBody::OrderCancelled(OrderCancelled {
                     reason: "customer".into(),
                 }),
-            };
+            );
             g.emit(
                 e.occurred_at,
                 Generated {
@@ -370,38 +664,8 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             );
         }
     }
-    // Restocks and cycle counts during the sale, some of which find fewer units than expected.
-    let end = start + spec.orders as Millis * interval;
-    let movements = (spec.orders / 50).max(1);
-    for m in 0..movements {
-        let at = g.between(start, end.max(start + 1));
-        let i = g.rng.random_range(0..skus.min(spec.hot_skus.max(1) * 4));
-        let sku = sku_name(i);
-        let body = if g.chance(0.5) {
-            InventoryBody::StockReceived(StockReceived {
-                quantity: 1 + g.rng.random_range(0..10),
-            })
-        } else {
-            InventoryBody::StockCounted(StockCounted {
-                on_hand: g.rng.random_range(0..5),
-            })
-        };
-        let e = InventoryEvent {
-            event_id: format!("inv-{m}"),
-            sku: sku.clone(),
-            warehouse_id: format!("wh-{}", i % 3),
-            occurred_at: at,
-            body,
-        };
-        g.emit(
-            at,
-            Generated {
-                topic: topics::INVENTORY,
-                key: Some(sku),
-                payload: Payload::Inventory(e),
-            },
-        );
-    }
+    // The movements after the last order still happen.
+    g.apply_due(&mut checkout, Millis::MAX);
     let total = g.out.len();
     let malformed = ((total as f64) * spec.malformed_ratio).round() as usize;
     for m in 0..malformed {

@@ -70,7 +70,8 @@ enum Command {
     },
     /// Print the state of one key from this machine's task state.
     Inspect {
-        #[arg(long, env = "ORDERFOLD_CONFIG")]
+        /// Config file naming state.dir; may follow the subcommand.
+        #[arg(long, env = "ORDERFOLD_CONFIG", global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         what: InspectWhat,
@@ -142,8 +143,10 @@ enum Command {
     Demo {
         #[arg(long, default_value_t = 50_000)]
         orders: usize,
-        #[arg(long, default_value_t = 2)]
-        partitions: u32,
+        /// Partitions per stage (default: one per 12,500 orders, at least 2; the mock
+        /// cluster keeps at most 5 MiB per partition).
+        #[arg(long)]
+        partitions: Option<u32>,
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
@@ -186,8 +189,8 @@ struct BenchArgs {
     /// Config naming the brokers; topic names and the application id get a fresh suffix.
     #[arg(long, env = "ORDERFOLD_CONFIG")]
     config: Option<PathBuf>,
-    /// Orders to generate: 205,000 gives about 1,000,000 events.
-    #[arg(long, default_value_t = 205_000)]
+    /// Orders to generate: 373,000 gives about 1,000,000 events (999,892 with seed 42).
+    #[arg(long, default_value_t = 373_000)]
     orders: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -288,6 +291,12 @@ struct WorkloadArgs {
     payment_failure_ratio: Option<f64>,
     #[arg(long)]
     abandon_ratio: Option<f64>,
+    /// Of captures: paid after the reservation expired.
+    #[arg(long)]
+    late_capture_ratio: Option<f64>,
+    /// Of orders refused for want of stock: captured anyway (the rest are cancelled).
+    #[arg(long)]
+    refused_capture_ratio: Option<f64>,
 }
 
 impl WorkloadArgs {
@@ -305,7 +314,9 @@ impl WorkloadArgs {
             out_of_order_scan_ratio,
             malformed_ratio,
             payment_failure_ratio,
-            abandon_ratio
+            abandon_ratio,
+            late_capture_ratio,
+            refused_capture_ratio
         );
         Ok(spec)
     }
@@ -600,17 +611,22 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// orderfold live under a paced load of `--rate` records/s for `--seconds`: the workload's
-/// first records, with a time line that keeps pace with the wall clock (about 4.9 records per
-/// order), each restamped with the wall clock as it is sent.
+/// first records, with a time line that keeps pace with the wall clock, each restamped with
+/// the wall clock as it is sent. Records per order depend on how many orders the checkout
+/// refuses, so a first draft of the workload measures them and the second is sized by it.
 fn bench_latency(args: &BenchArgs, mut config: Config) -> anyhow::Result<()> {
-    const RECORDS_PER_ORDER: f64 = 4.9;
     let records = (args.rate * args.seconds) as usize;
-    let spec = WorkloadSpec {
+    let base = read_spec(args.spec.as_ref())?;
+    // A few orders to spare, so the truncated log is full to the end of the time line.
+    let sized = |records_per_order: f64| WorkloadSpec {
         seed: args.seed,
-        orders: (records as f64 / RECORDS_PER_ORDER) as usize + 1,
-        orders_per_sec: ((args.rate as f64 / RECORDS_PER_ORDER) as u64).max(1),
-        ..read_spec(args.spec.as_ref())?
+        orders: (1.02 * records as f64 / records_per_order) as usize + 1,
+        orders_per_sec: ((args.rate as f64 / records_per_order) as u64).max(1),
+        ..base.clone()
     };
+    let draft = sized(4.0);
+    let records_per_order = generate(&draft).len() as f64 / draft.orders.max(1) as f64;
+    let spec = sized(records_per_order.max(0.1));
     let mut workload = generate(&spec);
     workload.truncate(records);
     config.runtime.wall_clock_advance = true;
@@ -766,9 +782,7 @@ fn bench_metrics(args: &BenchArgs) -> anyhow::Result<()> {
         config.metrics.enabled = enabled;
         config.http.bind = String::new();
         suffix_topics(&mut config, &pass.to_string());
-        for t in kafka::topic_specs(&config) {
-            cluster.create_topic(&t.name, t.partitions as i32, 1)?;
-        }
+        kafka::create_on_mock(&cluster, &config)?;
         let ends = publish(&config, &records, None, false)?;
         let m = orderfold::bench::orderfold(&config, &ends)?;
         eprintln!(
@@ -890,13 +904,20 @@ fn inspect(config: &Config, what: &InspectWhat) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
+/// The demo's orders per partition by default. librdkafka's mock cluster keeps at most 5 MiB
+/// per partition and deletes the oldest records past that, read or not; at about 140 bytes of
+/// SKU commands per order, 12,500 orders per command partition stay well inside it.
+const DEMO_ORDERS_PER_PARTITION: usize = 12_500;
+
+fn demo(orders: usize, partitions: Option<u32>, seed: u64) -> anyhow::Result<()> {
     let spec = WorkloadSpec {
         seed,
         orders,
         ..WorkloadSpec::default()
     };
-    let partitions = partitions.max(1);
+    let partitions = partitions
+        .unwrap_or_else(|| orders.div_ceil(DEMO_ORDERS_PER_PARTITION).clamp(2, 64) as u32)
+        .max(1);
     println!(
         "orderfold demo: a flash sale of {orders} orders over {} SKUs ({} hot), {partitions} partitions per stage, on librdkafka's in-process mock cluster",
         spec.skus, spec.hot_skus
@@ -909,21 +930,7 @@ fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
     config.state.dir = state.path().to_path_buf();
     config.topics.order_partitions = partitions;
     config.topics.sku_partitions = partitions;
-    let names = TopicNames::from_config(&config);
-    for t in names.order_inputs().into_iter().chain([
-        names.reservation_expiry.as_str(),
-        names.tracking_status.as_str(),
-    ]) {
-        cluster.create_topic(t, partitions as i32, 1)?;
-    }
-    for t in names
-        .sku_inputs()
-        .into_iter()
-        .chain([names.oversell_alerts.as_str()])
-    {
-        cluster.create_topic(t, partitions as i32, 1)?;
-    }
-    cluster.create_topic(&names.dead_letters, 1, 1)?;
+    kafka::create_on_mock(&cluster, &config)?;
 
     let records = generate(&spec);
     publish(&config, &records, None, true)?;
@@ -932,8 +939,17 @@ fn demo(orders: usize, partitions: u32, seed: u64) -> anyhow::Result<()> {
         .filter(|r| r.topic != topics::INVENTORY)
         .count() as u64;
 
-    let report = run_with_progress(&config, Mode::UntilEnd, None, order_stage_records)?;
-    summarize(&config, &report)
+    let report =
+        run_with_progress(&config, Mode::UntilEnd, None, order_stage_records).map_err(|e| {
+            match e.downcast_ref::<runtime::RuntimeError>() {
+                Some(runtime::RuntimeError::InputDeleted(_)) => e.context(format!(
+                    "the mock cluster keeps at most 5 MiB per partition and deleted records the \
+                 demo had not processed yet: run it with more --partitions than {partitions}"
+                )),
+                _ => e,
+            }
+        })?;
+    summarize(&config, &report, Some(orders))
 }
 
 /// A bounded run on a worker thread, with a progress bar over the order stage's records (rate
@@ -1016,7 +1032,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         order_total.max(0) as u64,
     )
     .context("replay failed")?;
-    summarize(&config, &report)?;
+    summarize(&config, &report, None)?;
     if !args.verify {
         return Ok(());
     }
@@ -1038,7 +1054,12 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
+/// The share of orders the seed's checkout, which reserved nothing, oversold (DOMAIN.md).
+const SEED_OVERSOLD_SHARE: f64 = 0.032;
+
+/// What a bounded run did, for an operator: `orders` is the number of orders in the log when
+/// the caller knows it (the demo), which gives the oversold share beside the seed's baseline.
+fn summarize(config: &Config, report: &RunReport, orders: Option<usize>) -> anyhow::Result<()> {
     let names = TopicNames::from_config(config);
     let inputs = names.external_inputs();
     let sum = |f: &dyn Fn(&orderfold::stage::Accounting) -> u64| -> u64 {
@@ -1059,7 +1080,9 @@ fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
     }
     let alerts = |k: AlertKind| report.alerts.get(k.label()).copied().unwrap_or(0);
     let codec = Codec::from_config(config)?;
+    // Oversells per SKU, and the distinct orders that were sold without stock.
     let mut oversold: BTreeMap<String, usize> = BTreeMap::new();
+    let mut oversold_orders = std::collections::BTreeSet::new();
     for r in kafka::read_to_end(config, &names.oversell_alerts)? {
         if let Some(a) = r
             .value
@@ -1068,21 +1091,47 @@ fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
         {
             if a.kind == AlertKind::OVERSOLD {
                 *oversold.entry(a.sku).or_default() += 1;
+                oversold_orders.extend(a.order_id);
             }
         }
     }
     let mut top: Vec<_> = oversold.into_iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let refused = alerts(AlertKind::RESERVATION_REJECTED);
     let secs = report.elapsed.as_secs_f64().max(1e-9);
+    if let Some(orders) = orders {
+        println!("orders          {orders}");
+    }
     println!("events          {events}");
-    println!("reservations    {}", report.reservations);
+    // Every reservation record began as a Reserve: accepted, or refused with an alert.
+    println!(
+        "reservations    {} accepted, {refused} refused (out of stock)",
+        report.reservations.saturating_sub(refused)
+    );
     println!("expiries        {}", report.expiries);
     println!("tracking        {}", report.tracking_updates);
     println!(
         "alerts          {} rejected, {} oversold, {} negative available",
-        alerts(AlertKind::RESERVATION_REJECTED),
+        refused,
         alerts(AlertKind::OVERSOLD),
         alerts(AlertKind::NEGATIVE_AVAILABLE)
+    );
+    match orders {
+        Some(orders) => println!(
+            "oversold        {} orders, {:.2}% of orders (the seed's checkout without reservations: {:.1}%)",
+            oversold_orders.len(),
+            100.0 * oversold_orders.len() as f64 / orders.max(1) as f64,
+            100.0 * SEED_OVERSOLD_SHARE
+        ),
+        None => println!("oversold        {} orders", oversold_orders.len()),
+    }
+    println!(
+        "top oversold    {}",
+        top.iter()
+            .take(5)
+            .map(|(s, n)| format!("{s} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("duplicates      {}", sum(&|a| a.duplicates));
     println!(
@@ -1097,14 +1146,6 @@ fn summarize(config: &Config, report: &RunReport) -> anyhow::Result<()> {
         "throughput      {:.0} events/s ({:.2} s end to end through Kafka, both stages)",
         events as f64 / secs,
         secs
-    );
-    println!(
-        "top oversold    {}",
-        top.iter()
-            .take(5)
-            .map(|(s, n)| format!("{s} ({n})"))
-            .collect::<Vec<_>>()
-            .join(", ")
     );
     Ok(())
 }
