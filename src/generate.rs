@@ -93,6 +93,15 @@ pub struct Generated {
 }
 
 impl Generated {
+    /// A record of the driver's topic `topic` under `key`.
+    fn keyed(topic: &'static str, key: &str, payload: Payload) -> Generated {
+        Generated {
+            topic,
+            key: Some(key.to_string()),
+            payload,
+        }
+    }
+
     /// The record's value as Kafka would carry it.
     pub fn encode(&self, codec: &Codec) -> Result<Vec<u8>, apache_avro::Error> {
         match &self.payload {
@@ -322,11 +331,7 @@ impl Gen {
                 };
                 self.emit(
                     at,
-                    Generated {
-                        topic: topics::INVENTORY,
-                        key: Some(sku),
-                        payload: Payload::Inventory(e),
-                    },
+                    Generated::keyed(topics::INVENTORY, &sku, Payload::Inventory(e)),
                 );
             }
         }
@@ -375,11 +380,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
         };
         g.push(
             e.occurred_at,
-            Generated {
-                topic: topics::INVENTORY,
-                key: Some(sku),
-                payload: Payload::Inventory(e),
-            },
+            Generated::keyed(topics::INVENTORY, &sku, Payload::Inventory(e)),
         );
     }
     let interval = (1_000 / spec.orders_per_sec.max(1) as i64).max(1);
@@ -451,11 +452,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
         let orphan = g.chance(spec.orphan_ratio);
         g.emit(
             placed_at,
-            Generated {
-                topic: topics::ORDERS,
-                key: Some(order_id.clone()),
-                payload: Payload::Order(placed),
-            },
+            Generated::keyed(topics::ORDERS, &order_id, Payload::Order(placed)),
         );
         // What ends the order's reservations: releases of the accepted ones at `at`.
         let release_all = |c: &mut Checkout, at: Millis| {
@@ -512,11 +509,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             );
             g.emit(
                 at,
-                Generated {
-                    topic: topics::ORDERS,
-                    key: Some(order_id.clone()),
-                    payload: Payload::Order(e),
-                },
+                Generated::keyed(topics::ORDERS, &order_id, Payload::Order(e)),
             );
             continue;
         }
@@ -540,11 +533,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             );
             g.emit(
                 at,
-                Generated {
-                    topic: topics::PAYMENTS,
-                    key: Some(order_id.clone()),
-                    payload: Payload::Payment(e),
-                },
+                Generated::keyed(topics::PAYMENTS, &order_id, Payload::Payment(e)),
             );
             continue;
         }
@@ -571,11 +560,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
         );
         g.emit(
             paid_at,
-            Generated {
-                topic: topics::PAYMENTS,
-                key: Some(order_id.clone()),
-                payload: Payload::Payment(e),
-            },
+            Generated::keyed(topics::PAYMENTS, &order_id, Payload::Payment(e)),
         );
 
         let cancelled = g.chance(spec.cancel_ratio);
@@ -620,11 +605,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             };
             g.emit(
                 publish,
-                Generated {
-                    topic: topics::LOGISTICS,
-                    key: Some(order_id.clone()),
-                    payload: Payload::Logistics(scan),
-                },
+                Generated::keyed(topics::LOGISTICS, &order_id, Payload::Logistics(scan)),
             );
             at += g.between(30_000, 600_000);
         }
@@ -656,11 +637,7 @@ pub fn generate(spec: &WorkloadSpec) -> Vec<Generated> {
             );
             g.emit(
                 e.occurred_at,
-                Generated {
-                    topic: topics::ORDERS,
-                    key: Some(order_id.clone()),
-                    payload: Payload::Order(e),
-                },
+                Generated::keyed(topics::ORDERS, &order_id, Payload::Order(e)),
             );
         }
     }
