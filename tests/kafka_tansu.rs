@@ -40,7 +40,7 @@ fn a_process_run_on_tansu_equals_the_broker_free_driver() {
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_repeats_only_identical_outputs() {
     // About 200,000 events.
-    let s = setup(33, 41_500);
+    let s = setup(33, 73_500);
     assert!(s.records.len() >= 200_000, "{} events", s.records.len());
     let seed: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
