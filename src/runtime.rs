@@ -60,12 +60,6 @@ pub enum RuntimeError {
     NoGroupMetadata,
     #[error("shutdown took longer than runtime.shutdown_timeout_ms; the last batch will be processed again")]
     ShutdownTimeout,
-    #[error(
-        "input records were deleted before orderfold processed them ({0}). Their events are \
-         lost to this application: raise the topic's retention, then `orderfold reset` and run \
-         again, or replay from what is left"
-    )]
-    InputDeleted(String),
 }
 
 /// How a run ends.
@@ -439,9 +433,6 @@ impl GroupContext {
     fn consumer_error(&self, error: KafkaError) -> Result<(), RuntimeError> {
         match error {
             KafkaError::MessageConsumptionFatal(_) => Err(error.into()),
-            _ if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
-                Err(RuntimeError::InputDeleted(error.to_string()))
-            }
             _ if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => Err(error.into()),
             _ if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) => {
                 if !Status::has_fault(&self.status.brokers_down) {
@@ -555,16 +546,7 @@ impl Engine {
         }
         self.processing_started.get_or_insert_with(Instant::now);
         for (topic, p, next) in starts {
-            // A task that has processed nothing starts at the log's start, wherever retention
-            // has moved it; one with progress resumes at its exact offset, and if that offset
-            // is gone the consumer reports it (`auto.offset.reset = error`, see
-            // `consumer_config`) instead of skipping to whatever is left.
-            let start = if next == 0 {
-                Offset::Beginning
-            } else {
-                Offset::Offset(next)
-            };
-            tpl.set_partition_offset(&topic, p, start)?;
+            tpl.set_partition_offset(&topic, p, Offset::Offset(next))?;
             self.paused.remove(&(topic, p));
         }
         self.rebalanced("assigned");
@@ -1919,10 +1901,7 @@ fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
     c.set("group.id", &config.kafka.application_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        // Never skip input: a fetch offset that retention (or a broker's size limit) deleted
-        // before orderfold processed it is an error the run stops on, not a reset to what
-        // is left. See docs/ARCHITECTURE.md "Recovery".
-        .set("auto.offset.reset", "error")
+        .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .set("enable.partition.eof", "false");
     if config.metrics.enabled {
