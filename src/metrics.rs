@@ -138,11 +138,13 @@ pub enum Occurrence<'a> {
         error: &'a str,
     },
     /// A commit failed on the broker's side: its batch is dropped and processed again after
-    /// `retry_in` (the `attempts`-th failure in a row).
+    /// `retry_in` (the `attempts`-th failure in a row), in batches of at most `batch_records`
+    /// per task.
     CommitFailed {
         error: &'a str,
         attempts: u32,
         retry_in: Duration,
+        batch_records: usize,
     },
     /// A commit finished (all six steps): how long it took, how long of that waited for the
     /// broker and wrote RocksDB, and the records this process has processed so far.
@@ -179,6 +181,7 @@ pub struct Metrics {
     expiries: IntCounter,
     delivery_failures: IntCounterVec,
     commit_failures: IntCounter,
+    commit_batch: IntGauge,
     commit_duration: Histogram,
     latency: HistogramVec,
     lag: IntGaugeVec,
@@ -358,6 +361,13 @@ impl Metrics {
                     &["stage"],
                 )?,
             )?,
+            commit_batch: register(
+                &r,
+                IntGauge::new(
+                    "orderfold_commit_batch_records",
+                    "Records a task processes before it commits: limits.commit_records_max, lower after failed commits.",
+                )?,
+            )?,
             active_reservations: register(
                 &r,
                 IntGauge::new(
@@ -535,11 +545,13 @@ impl Metrics {
                 error,
                 attempts,
                 retry_in,
+                batch_records,
             } => {
                 tracing::warn!(
                     error,
                     attempts,
                     retry_in_ms = retry_in.as_millis() as u64,
+                    batch_records,
                     "commit failed; its batch is dropped and processed again from the last commit"
                 );
                 if self.enabled {
@@ -657,6 +669,12 @@ impl Metrics {
             self.stream_time
                 .with_label_values(&[stage])
                 .set(t as f64 / 1000.0);
+        }
+    }
+
+    pub fn set_commit_batch(&self, records: usize) {
+        if self.enabled {
+            self.commit_batch.set(records as i64);
         }
     }
 

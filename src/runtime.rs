@@ -392,7 +392,16 @@ struct Engine {
     retry: Option<Retry>,
     /// The producer holds records of a dropped batch: the next tasks opened get a new one.
     stale_producer: bool,
+    /// Records a task processes before it commits: `limits.commit_records_max`, halved by each
+    /// failed commit and grown back by a quarter with each one that succeeds. A batch too big
+    /// for the broker to acknowledge within `produce_ack_timeout_ms` would otherwise fail the
+    /// same way on every retry, and the instance would never commit again.
+    batch_records: usize,
 }
+
+/// The smallest commit batch a failed commit shrinks to: small enough for a slow broker,
+/// large enough that a commit's fixed cost stays a small share of its work.
+const BATCH_RECORDS_MIN: usize = 100;
 
 /// A batch whose commit failed on the broker's side (see `Engine::rewind`).
 struct Retry {
@@ -699,6 +708,7 @@ impl Engine {
                 error: &e.to_string(),
                 attempts: self.retry.as_ref().map_or(0, |r| r.attempts) + 1,
                 retry_in: Duration::ZERO,
+                batch_records: self.batch_records,
             });
             self.retry = None;
             self.status.set_fault(&self.status.retrying, None);
@@ -727,8 +737,15 @@ impl Engine {
             && self.retry.as_ref().is_some_and(|r| r.reopen_at.is_none())
         {
             self.retry = None;
-            tracing::info!("committed again after failed commits");
+            tracing::info!(
+                batch_records = self.batch_records,
+                "committed again after failed commits"
+            );
             self.status.set_fault(&self.status.retrying, None);
+        }
+        if committed.is_ok() && had_work {
+            let max = self.config.limits.commit_records_max;
+            self.set_batch_records((self.batch_records + self.batch_records / 4 + 1).min(max));
         }
         self.or_retry(consumer, committed)
     }
@@ -800,10 +817,13 @@ impl Engine {
             .min(runtime.retry_backoff_max_ms);
         let retry_in = Duration::from_millis(wait_ms);
         let why = error.to_string();
+        let floor = BATCH_RECORDS_MIN.min(self.config.limits.commit_records_max);
+        self.set_batch_records((self.batch_records / 2).max(floor));
         self.status.metrics.emit(Occurrence::CommitFailed {
             error: &why,
             attempts,
             retry_in,
+            batch_records: self.batch_records,
         });
         self.abandon();
         if let Some(ends) = &mut self.ends {
@@ -818,6 +838,13 @@ impl Engine {
         let fault = format!("attempt {attempts}, next in {wait_ms} ms: {why}");
         self.status.set_fault(&self.status.retrying, Some(fault));
         Ok(())
+    }
+
+    fn set_batch_records(&mut self, records: usize) {
+        if records != self.batch_records {
+            self.batch_records = records;
+            self.status.metrics.set_commit_batch(records);
+        }
     }
 
     /// Reopens the tasks a failed commit closed once their backoff has passed: each partition
@@ -838,6 +865,16 @@ impl Engine {
 
     fn reopen(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
         let mut tpl = consumer.assignment()?;
+        if tpl.count() == 0 {
+            // The group took the partitions away while the batch waited (a session lost to the
+            // outage): there is nothing to reopen, and seeking nothing is an error. The next
+            // assignment opens its tasks from their last commit.
+            if let Some(retry) = &mut self.retry {
+                retry.reopen_at = None;
+            }
+            tracing::info!("no partitions to reopen; waiting for the group to assign some");
+            return Ok(());
+        }
         self.open_tasks(&mut tpl)?;
         consumer.seek_partitions(tpl.clone(), kafka::REQUEST_TIMEOUT)?;
         consumer.resume(&tpl)?;
@@ -1090,7 +1127,7 @@ impl Engine {
     /// One round of processing: every task runs on what it has buffered, up to its share of
     /// the commit batch, and its outputs go to the producer at once. Returns records processed.
     fn run_tasks(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<usize, RuntimeError> {
-        let limit = self.config.limits.commit_records_max;
+        let limit = self.batch_records;
         let mut total = 0;
         let mut order_records = 0;
         let mut out = Vec::new();
@@ -1156,7 +1193,7 @@ impl Engine {
                 }
             }
         }
-        // One round's outputs, at most commit_records_max per task, go out together.
+        // One round's outputs, at most `batch_records` per task, go out together.
         self.produce(&mut out)?;
         if total > 0 {
             self.dirty = true;
@@ -1200,7 +1237,7 @@ impl Engine {
     }
 
     fn commit_due(&self) -> bool {
-        let limit = self.config.limits.commit_records_max;
+        let limit = self.batch_records;
         self.order
             .values()
             .any(|s| s.processed_since_commit >= limit)
@@ -2074,7 +2111,11 @@ pub fn run_from(
         fatal: None,
         retry: None,
         stale_producer: false,
+        batch_records: config.limits.commit_records_max,
     };
+    status
+        .metrics
+        .set_commit_batch(config.limits.commit_records_max);
     let context = GroupContext {
         engine: Mutex::new(engine),
         status: status.clone(),

@@ -144,6 +144,13 @@ fn a_refused_output_holds_its_batch_back_and_is_retried_until_the_broker_takes_i
     );
     let why = status.not_ready_because().unwrap_or_default();
     assert!(why.contains("commit failed"), "{why}");
+    // Each failure halved the batch, so one too big to be acknowledged in time gets through.
+    let max = config.limits.commit_records_max as f64;
+    let shrunk = metric(&status, "orderfold_commit_batch_records");
+    assert!(
+        shrunk <= max / 8.0 && shrunk >= 100.0,
+        "batch {shrunk} of {max}"
+    );
     // The broker takes writes again: the held-back batch is processed again and commits.
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
     let report = worker
@@ -151,6 +158,8 @@ fn a_refused_output_holds_its_batch_back_and_is_retried_until_the_broker_takes_i
         .unwrap()
         .expect("the run finishes once writes succeed");
     assert!(status.ready(), "{:?}", status.not_ready_because());
+    // Successful commits grow it back.
+    assert!(metric(&status, "orderfold_commit_batch_records") > shrunk);
     // Nothing skipped: every output the driver computes is there (the refused attempts'
     // records that did land repeat byte for byte).
     assert_processed_once_to_the_drivers_result(&report, &records, &config);

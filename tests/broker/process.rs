@@ -2,7 +2,7 @@
 //! and stopped by its PID, the `orderfold` binary run as a child process, its JSON log and
 //! report read back.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::Receiver;
@@ -235,10 +235,19 @@ pub fn spawn_run_logged(
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // With ORDERFOLD_TEST_LOG_DIR set, every run's whole log is kept there too, for a failure
+    // the last lines in its message do not explain.
+    let mut keep = std::env::var_os("ORDERFOLD_TEST_LOG_DIR").map(|dir| {
+        let path = Path::new(&dir).join(format!("run-{}.log", child.id()));
+        std::fs::File::create(path).unwrap()
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+            if let Some(file) = &mut keep {
+                let _ = writeln!(file, "{line}");
+            }
+            if tx.send(line).is_err() && keep.is_none() {
                 break;
             }
         }
