@@ -479,6 +479,18 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => engine
                 .open_tasks(tpl)
                 .and_then(|()| consumer.assign(tpl).map_err(RuntimeError::from)),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if consumer.assignment_lost() => {
+                // The group already gave these partitions to another member (this one missed
+                // its session or poll deadline): that owner may have restored them, so
+                // nothing of this batch may reach the changelogs, the group or disk.
+                tracing::warn!("assignment lost; tasks closed without committing their batch");
+                engine.abandon();
+                engine.retry = None;
+                engine.status.set_fault(&engine.status.retrying, None);
+                let unassigned = consumer.unassign().map_err(RuntimeError::from);
+                engine.rebalanced("revoked");
+                unassigned
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let closed = engine.close_tasks(consumer);
                 let unassigned = consumer.unassign().map_err(RuntimeError::from);
@@ -2255,12 +2267,17 @@ pub fn run_from(
     let report = {
         let ctx = consumer.context();
         let mut engine = ctx.engine();
-        engine.commit(&consumer, deadline).map_err(|e| match e {
-            RuntimeError::Kafka(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
-                RuntimeError::ShutdownTimeout
-            }
-            other => other,
-        })?;
+        if let Err(e) = engine.commit(&consumer, deadline) {
+            // Nothing of the batch may be committed now: not by the revocation that dropping
+            // the consumer triggers, whose commit would find the refused records forgotten.
+            engine.abandon();
+            return Err(match e {
+                RuntimeError::Kafka(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    RuntimeError::ShutdownTimeout
+                }
+                other => other,
+            });
+        }
         engine.collect_report()?;
         engine.close_all();
         let mut report = engine.report.clone();

@@ -341,3 +341,173 @@ fn a_task_that_has_processed_nothing_starts_where_the_log_starts_now() {
     assert!(orders.consumed < produced + 60, "{orders:?}");
     assert!(orders.closes(), "{orders:?}");
 }
+
+/// When a generated record happened; malformed bytes have no time.
+fn occurred_at(record: &orderfold::generate::Generated) -> Option<i64> {
+    use orderfold::generate::Payload;
+    match &record.payload {
+        Payload::Order(e) => Some(e.occurred_at),
+        Payload::Payment(e) => Some(e.occurred_at),
+        Payload::Logistics(e) => Some(e.occurred_at),
+        Payload::Inventory(e) => Some(e.occurred_at),
+        Payload::Malformed(_) => None,
+    }
+}
+
+/// `run --until-end` over the first part of a log, then a live run over the rest (and a
+/// bounded run that applies the commands still waiting for a watermark when it stops): the
+/// outputs equal the broker-free driver's over the whole log. The bounded run's end of input
+/// must not outlive it, or the live run applies commands in arrival order.
+#[test]
+fn a_live_run_after_a_bounded_one_applies_commands_in_event_time() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 3, 2);
+    // Stream time moves with the records alone, so what waits for a watermark is decided by
+    // the log, not by the clock.
+    config.runtime.wall_clock_advance = false;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(41, 3_000);
+    let mut times: Vec<i64> = records.iter().filter_map(occurred_at).collect();
+    times.sort_unstable();
+    let split = times[times.len() / 2];
+    let (first, rest): (Vec<_>, Vec<_>) = records
+        .iter()
+        .cloned()
+        .partition(|r| occurred_at(r).is_none_or(|t| t < split));
+    produce(&config, &first);
+    run_until_end(&config).unwrap();
+
+    produce(&config, &rest);
+    let status = Arc::new(Status::new(Metrics::new(true).unwrap()));
+    let shutdown = Shutdown::default();
+    let live = {
+        let (config, status, shutdown) = (config.clone(), status.clone(), shutdown.clone());
+        std::thread::spawn(move || runtime::run(&config, Mode::Live, shutdown, status))
+    };
+    let want = broker::order_stage_records(&rest);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status
+        .order_records
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < want
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the live run did not process the rest"
+        );
+        assert!(!live.is_finished(), "the live run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shutdown.request();
+    live.join().unwrap().expect("the live run stops cleanly");
+    run_until_end(&config).unwrap();
+
+    let whole: Vec<_> = first.into_iter().chain(rest).collect();
+    broker::assert_matches_driver(&whole, &config, 3, 2, false);
+}
+
+/// Runs a live instance in a thread on a status whose metrics move.
+fn spawn_live(
+    config: &Config,
+) -> (
+    Arc<Status>,
+    Shutdown,
+    std::thread::JoinHandle<Result<runtime::RunReport, RuntimeError>>,
+) {
+    let status = Arc::new(Status::new(Metrics::new(true).unwrap()));
+    let shutdown = Shutdown::default();
+    let handle = {
+        let (config, status, shutdown) = (config.clone(), status.clone(), shutdown.clone());
+        std::thread::spawn(move || runtime::run(&config, Mode::Live, shutdown, status))
+    };
+    (status, shutdown, handle)
+}
+
+/// Waits until a live run has processed `records` order-stage records.
+fn wait_processed(
+    status: &Status,
+    records: u64,
+    live: &std::thread::JoinHandle<Result<runtime::RunReport, RuntimeError>>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status
+        .order_records
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < records
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the live run did not process its input"
+        );
+        assert!(!live.is_finished(), "the live run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A commit that fails at shutdown leaves nothing committed on any path: the run reports the
+/// failure, and the next run processes the whole batch again and produces every output.
+#[test]
+fn a_commit_refused_at_shutdown_is_not_committed_by_the_revocation_after_it() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    // One batch, committed only at shutdown.
+    config.runtime.commit_interval_ms = 3_600_000;
+    config.limits.commit_records_max = 1_000_000;
+    config.runtime.shutdown_timeout_ms = 5_000;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(43, 300);
+    produce(&config, &records);
+    // The broker refuses the first few writes and takes every later one, so a second commit
+    // after the failed one would succeed.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    let (status, shutdown, live) = spawn_live(&config);
+    wait_processed(&status, broker::order_stage_records(&records), &live);
+    shutdown.request();
+    assert!(
+        live.join().unwrap().is_err(),
+        "a shutdown whose outputs were refused must fail"
+    );
+    let report = run_until_end(&config).unwrap();
+    assert_processed_once_to_the_drivers_result(&report, &records, &config);
+}
+
+/// A member that lost its assignment (its session expired: the group may have given the
+/// partitions to another member already) closes its tasks without committing anything.
+#[test]
+fn a_lost_assignment_commits_nothing() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    config.runtime.commit_interval_ms = 3_600_000;
+    config.limits.commit_records_max = 1_000_000;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(47, 300);
+    produce(&config, &records);
+    let (status, shutdown, live) = spawn_live(&config);
+    wait_processed(&status, broker::order_stage_records(&records), &live);
+    // The coordinator no longer knows the member: librdkafka declares the assignment lost.
+    cluster.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID; 1],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&status, "orderfold_rebalances_total{kind=\"revoked\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the assignment was not lost");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        metric(&status, "orderfold_commit_duration_seconds_count"),
+        0.0,
+        "a lost assignment committed its batch"
+    );
+    shutdown.request();
+    live.join().unwrap().unwrap();
+    // Whatever the lost batch sent is sent again, byte for byte, by whoever processes it next.
+    run_until_end(&config).unwrap();
+    broker::assert_matches_driver(&records, &config, 2, 2, true);
+}

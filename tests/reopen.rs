@@ -107,3 +107,34 @@ fn uncommitted_work_is_redone_after_a_crash_without_double_applying() {
     };
     assert_eq!(dedup(&crashed), dedup(&uninterrupted));
 }
+
+/// A bounded run's end of input belongs to that run. The next run over more input applies
+/// commands in event time again: the order placed first gets the last unit, whichever command
+/// reaches the SKU stage first.
+#[test]
+fn a_bounded_runs_end_does_not_make_the_next_run_first_come_first_served_by_arrival() {
+    use orderfold::fold::sku::ReservationStatus::{ACTIVE, REJECTED};
+    use orderfold::partition::partition_for_key;
+    use support::{Scenario, T0};
+
+    let mut s = Scenario::with(2, Config::default());
+    s.stock("HOT", "wh1", 1, T0);
+    // The first run is bounded: it ends, and announces the end of input.
+    s.finish();
+    s.driver.reopen().unwrap();
+    // Two orders on different order partitions; the later one is processed first.
+    let id = |p: u32| {
+        (0..)
+            .map(|i| format!("o-{i}"))
+            .find(|o| partition_for_key(o.as_bytes(), 2) == p)
+            .unwrap()
+    };
+    let (late, early) = (id(0), id(1));
+    s.place(&late, &[("HOT", 1)], T0 + 2_000);
+    s.driver.run_until_idle(1_000).unwrap();
+    s.place(&early, &[("HOT", 1)], T0 + 1_000);
+    s.finish();
+    let reservations = s.sku("HOT").reservations;
+    assert_eq!(reservations[&early].status, ACTIVE);
+    assert_eq!(reservations[&late].status, REJECTED);
+}

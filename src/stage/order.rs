@@ -220,9 +220,7 @@ impl OrderTask {
         codec: Arc<Codec>,
         config: &Config,
     ) -> Result<OrderTask, TaskError> {
-        let meta = db
-            .get::<OrderMeta>(Store::Meta, META_KEY)?
-            .unwrap_or_default();
+        let meta = Self::committed_meta(&db)?;
         let timers = db
             .scan_prefix(Store::Timers, &[])?
             .into_iter()
@@ -246,6 +244,17 @@ impl OrderTask {
             timers,
             scratch: Vec::new(),
         })
+    }
+
+    /// The meta of the last commit, without a bounded run's end of input: that end belongs to
+    /// the run that reached it. A later live run, or a bounded run over more input, must not
+    /// inherit it, or the SKU stage would apply its commands in arrival order for good.
+    fn committed_meta(db: &TaskDb) -> Result<OrderMeta, TaskError> {
+        let mut meta = db
+            .get::<OrderMeta>(Store::Meta, META_KEY)?
+            .unwrap_or_default();
+        meta.end_of_input = false;
+        Ok(meta)
     }
 
     pub fn partition(&self) -> u32 {
@@ -321,6 +330,11 @@ impl OrderTask {
         until: Millis,
         out: &mut Vec<OutRecord>,
     ) -> Result<usize, TaskError> {
+        // The end of input an earlier run announced is taken back before this run sends any
+        // command, so none of them is applied in arrival order.
+        if !self.meta.end_of_input && self.meta.published_watermark.is_some_and(|(_, end)| end) {
+            self.publish_watermark(out)?;
+        }
         let mut processed = 0;
         while processed < max_records {
             let heads = [
@@ -746,10 +760,7 @@ impl OrderTask {
     /// Drops uncommitted work, as a crash would; the next read resumes from the last commit.
     pub fn discard(&mut self) -> Result<(), TaskError> {
         self.db.discard();
-        self.meta = self
-            .db
-            .get::<OrderMeta>(Store::Meta, META_KEY)?
-            .unwrap_or_default();
+        self.meta = Self::committed_meta(&self.db)?;
         self.timers = self
             .db
             .scan_prefix(Store::Timers, &[])?

@@ -436,8 +436,15 @@ impl SkuTask {
                     .watermarks
                     .entry(w.source_partition.max(0) as u32)
                     .or_insert((Millis::MIN, false));
-                // A replayed batch may resend an older watermark: never move backwards.
-                *entry = (entry.0.max(w.stream_time), entry.1 || w.end_of_input);
+                // A replayed batch may resend an older watermark: time never moves backwards,
+                // and an older watermark says nothing about the end. A newer one does: an end
+                // of input is taken back by the next run's first watermark (`OrderTask::run`).
+                let end = if w.stream_time >= entry.0 {
+                    w.end_of_input
+                } else {
+                    entry.1
+                };
+                *entry = (entry.0.max(w.stream_time), end);
             }
             Ok(SkuStageRecord::Command(cmd)) => {
                 // A command delivered again before it applied has the same place in the order:
