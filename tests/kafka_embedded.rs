@@ -468,12 +468,12 @@ fn a_commit_refused_at_shutdown_is_not_committed_by_the_revocation_after_it() {
     let (status, shutdown, live) = spawn_live(&config);
     wait_processed(&status, broker::order_stage_records(&records), &live);
     shutdown.request();
-    assert!(
-        live.join().unwrap().is_err(),
-        "a shutdown whose outputs were refused must fail"
-    );
-    let report = run_until_end(&config).unwrap();
-    assert_processed_once_to_the_drivers_result(&report, &records, &config);
+    // The shutdown commit finds the refused records and fails, unless a rebalance's commit
+    // found them first and the batch was processed again before it; either way the records
+    // refused must not be lost to a later commit.
+    let _ = live.join().unwrap();
+    run_until_end(&config).unwrap();
+    broker::assert_matches_driver(&records, &config, 2, 2, true);
 }
 
 /// A member that lost its assignment (its session expired: the group may have given the
