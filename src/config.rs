@@ -61,6 +61,12 @@ pub struct Limits {
     /// Largest quantity of an order line, a stock receipt or a stock count. Keeps stock sums
     /// far from overflow: 1,000,000 per event is beyond any real movement.
     pub quantity_max: i32,
+    /// How far an input record's `occurred_at` may lie ahead of its Kafka record timestamp;
+    /// further is dead-lettered (`validation`). One record stamped years ahead would otherwise
+    /// advance stream time there and fire every timer of its task (every reservation expires,
+    /// every orphan is dead-lettered). A day allows any clock or time-zone mistake a producer
+    /// really makes. Records without a timestamp are not checked.
+    pub future_skew_ms: i64,
 }
 
 impl Default for Limits {
@@ -75,6 +81,7 @@ impl Default for Limits {
             order_lines_max: 100,
             string_bytes_max: 1024,
             quantity_max: 1_000_000,
+            future_skew_ms: 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -492,6 +499,7 @@ impl Config {
             || l.order_lines_max == 0
             || l.string_bytes_max == 0
             || l.quantity_max <= 0
+            || l.future_skew_ms <= 0
             || self.state.memory_budget_bytes == 0
         {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));

@@ -43,6 +43,8 @@ pub struct Record {
     /// For input records: the record's index among its topic's records, reported by dead
     /// letters in place of a Kafka offset.
     pub origin_offset: i64,
+    /// The record's Kafka timestamp, when it has one.
+    pub timestamp_ms: Option<Millis>,
 }
 
 /// How many partitions each stage has.
@@ -82,6 +84,7 @@ fn feed(log: &[Record], fetch: &mut i64, task: &mut impl Input, input: usize) ->
             input,
             *fetch,
             r.origin_offset,
+            r.timestamp_ms,
             r.key.clone(),
             r.value.clone(),
         );
@@ -207,6 +210,17 @@ impl Driver {
         key: Option<&[u8]>,
         value: Option<Vec<u8>>,
     ) -> Result<(), DriverError> {
+        self.pipe_at(topic, key, value, None)
+    }
+
+    /// Appends one record as `pipe` does, stamped with the Kafka timestamp `timestamp_ms`.
+    pub fn pipe_at(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<Vec<u8>>,
+        timestamp_ms: Option<Millis>,
+    ) -> Result<(), DriverError> {
         if !topics::INPUTS.contains(&topic) {
             return Err(DriverError::UnknownTopic(topic.to_string()));
         }
@@ -216,6 +230,7 @@ impl Driver {
             value,
             headers: Vec::new(),
             origin_offset,
+            timestamp_ms,
         };
         self.append(topic, key, None, record);
         Ok(())
@@ -265,6 +280,7 @@ impl Driver {
                 value: r.value,
                 headers: r.headers,
                 origin_offset: -1,
+                timestamp_ms: None,
             };
             match r.route {
                 Route::ByKey => self.append(topic, r.key.as_deref(), None, record),
@@ -377,6 +393,7 @@ impl Driver {
                     rank,
                     r.key.as_deref(),
                     r.value.as_deref(),
+                    r.timestamp_ms,
                 ) {
                     end = end.max(e.occurred_at());
                 }
@@ -388,6 +405,7 @@ impl Driver {
                 &bounds,
                 r.key.as_deref(),
                 r.value.as_deref(),
+                r.timestamp_ms,
             ) {
                 end = end.max(e.occurred_at);
             }

@@ -595,6 +595,8 @@ pub async fn create_missing(
 pub struct ReadRecord {
     pub partition: i32,
     pub offset: i64,
+    /// The record's Kafka timestamp, when it has one.
+    pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -683,6 +685,7 @@ pub fn scan_until(
         f(ReadRecord {
             partition: m.partition(),
             offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             headers,

@@ -333,6 +333,7 @@ struct Consumed {
     slot: InputSlot,
     partition: i32,
     offset: i64,
+    timestamp_ms: Option<Millis>,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
 }
@@ -940,6 +941,7 @@ impl Engine {
             slot,
             partition,
             offset,
+            timestamp_ms,
             key,
             value,
         } = record;
@@ -966,7 +968,7 @@ impl Engine {
             InputSlot::Order(rank) => match self.order.get_mut(&p) {
                 Some(s) if offset >= s.fetched[rank] => {
                     s.fetched[rank] = offset + 1;
-                    s.task.push(rank, offset, offset, key, value);
+                    s.task.push(rank, offset, offset, timestamp_ms, key, value);
                     s.task.is_full(rank)
                 }
                 _ => false,
@@ -974,7 +976,7 @@ impl Engine {
             InputSlot::Sku(input) => match self.sku.get_mut(&p) {
                 Some(s) if offset >= s.fetched[input] => {
                     s.fetched[input] = offset + 1;
-                    s.task.push(input, offset, offset, key, value);
+                    s.task.push(input, offset, offset, timestamp_ms, key, value);
                     s.task.is_full(input)
                 }
                 _ => false,
@@ -2004,9 +2006,13 @@ fn capture_ends(
         if !within {
             return;
         }
-        if let Ok(e) =
-            sku_stage::decode_inventory(codec, &bounds, r.key.as_deref(), r.value.as_deref())
-        {
+        if let Ok(e) = sku_stage::decode_inventory(
+            codec,
+            &bounds,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            r.timestamp_ms,
+        ) {
             inventory_max = inventory_max.max(e.occurred_at);
         }
     })?;
@@ -2191,6 +2197,7 @@ pub fn run_from(
                                 slot,
                                 partition: m.partition(),
                                 offset: m.offset(),
+                                timestamp_ms: m.timestamp().to_millis(),
                                 key: m.key().map(<[u8]>::to_vec),
                                 value: m.payload().map(<[u8]>::to_vec),
                             });

@@ -15,7 +15,9 @@ use crate::driver::{topics, Driver, DriverError, Record, Topology};
 use crate::event::{InventoryEvent, LogisticsEvent, OrderEvent, PaymentEvent};
 use crate::sink::DeadLetterReason;
 
-/// One input line: `{"topic": "orders", "key": "o-1", "value": {...}}`.
+/// One input line: `{"topic": "orders", "key": "o-1", "value": {...}}`, with an optional
+/// `"timestamp"` (epoch ms): the Kafka record timestamp, checked against `occurred_at` as
+/// `limits.future_skew_ms` says. A line without one is not checked.
 #[derive(Debug, Deserialize)]
 struct Line {
     topic: String,
@@ -23,6 +25,8 @@ struct Line {
     key: Option<String>,
     #[serde(default)]
     value: Value,
+    #[serde(default)]
+    timestamp: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,7 +189,12 @@ pub fn simulate(opts: &SimulateOptions, state_dir: &Path) -> Result<Summary, Sim
                 l.value.to_string().into_bytes()
             }
         };
-        driver.pipe(&l.topic, l.key.as_deref().map(str::as_bytes), Some(bytes))?;
+        driver.pipe_at(
+            &l.topic,
+            l.key.as_deref().map(str::as_bytes),
+            Some(bytes),
+            l.timestamp,
+        )?;
     }
     driver.finish(opts.batch_records)?;
 

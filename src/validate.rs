@@ -17,6 +17,7 @@ pub struct Bounds {
     pub order_lines_max: usize,
     pub string_bytes_max: usize,
     pub quantity_max: i32,
+    pub future_skew_ms: i64,
 }
 
 impl Bounds {
@@ -27,7 +28,26 @@ impl Bounds {
             order_lines_max: l.order_lines_max,
             string_bytes_max: l.string_bytes_max,
             quantity_max: l.quantity_max,
+            future_skew_ms: l.future_skew_ms,
         }
+    }
+
+    /// An `occurred_at` no further ahead of the record's Kafka timestamp than
+    /// `limits.future_skew_ms`. Checked after decoding, beside the rules, so a skewed record
+    /// is dead-lettered before it can move stream time.
+    pub fn skew(&self, occurred_at: i64, timestamp_ms: Option<i64>) -> Result<(), Violation> {
+        let Some(ts) = timestamp_ms.filter(|ts| *ts >= 0) else {
+            return Ok(());
+        };
+        let ahead_ms = occurred_at.saturating_sub(ts);
+        if ahead_ms > self.future_skew_ms {
+            return Err(format!(
+                "occurred_at {occurred_at} is {ahead_ms} ms ahead of the record timestamp {ts}, \
+                 over limits.future_skew_ms ({})",
+                self.future_skew_ms
+            ));
+        }
+        Ok(())
     }
 
     /// Checked before a record is decoded, so an oversized one is never read.

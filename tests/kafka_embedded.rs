@@ -511,3 +511,81 @@ fn a_lost_assignment_commits_nothing() {
     run_until_end(&config).unwrap();
     broker::assert_matches_driver(&records, &config, 2, 2, true);
 }
+
+/// A record whose `occurred_at` lies a century ahead of its Kafka timestamp is dead-lettered
+/// (`validation`, naming `limits.future_skew_ms`) and moves no clock: accepted, it advanced
+/// its task's stream time to 2100 and expired every reservation of the task.
+#[test]
+fn a_record_dated_a_century_ahead_of_its_kafka_timestamp_is_dead_lettered_and_fires_no_timer() {
+    use orderfold::codec::Codec;
+    use orderfold::driver::topics;
+    use orderfold::event::{
+        InventoryBody, InventoryEvent, OrderBody, OrderEvent, OrderLine, OrderPlaced, StockReceived,
+    };
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 1, 1);
+    create_topics(&cluster, &config);
+    let codec = Codec::new().unwrap();
+    // 2026-01-01: in the past of every run of this test, as producers' event times are.
+    let t0 = 1_767_225_600_000;
+    let year_2100 = 4_102_444_800_000;
+    let placed = |order: &str, at: i64| OrderEvent {
+        event_id: format!("ev-{order}"),
+        order_id: order.into(),
+        occurred_at: at,
+        body: OrderBody::OrderPlaced(OrderPlaced {
+            user_id: "u".into(),
+            cart_id: "c".into(),
+            currency: "EUR".into(),
+            lines: vec![OrderLine {
+                sku: "A".into(),
+                quantity: 1,
+                unit_price_minor: 100,
+            }],
+        }),
+    };
+    let stock = InventoryEvent {
+        event_id: "ev-stock".into(),
+        sku: "A".into(),
+        warehouse_id: "wh".into(),
+        occurred_at: t0,
+        body: InventoryBody::StockReceived(StockReceived { quantity: 5 }),
+    };
+    let record = |topic, key: &str, value| broker::RawRecord {
+        topic,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        partition: None,
+    };
+    broker::produce_raw(
+        &config,
+        &[
+            record(topics::INVENTORY, "A", codec.encode(&stock).unwrap()),
+            record(
+                topics::ORDERS,
+                "o-1",
+                codec.encode(&placed("o-1", t0)).unwrap(),
+            ),
+            record(
+                topics::ORDERS,
+                "o-2",
+                codec.encode(&placed("o-2", year_2100)).unwrap(),
+            ),
+        ],
+    );
+
+    run_until_end(&config).unwrap();
+
+    let outputs = broker::read_outputs(&config);
+    assert!(
+        outputs[topics::RESERVATION_EXPIRY].is_empty(),
+        "o-1's reservation expired: the far-future record moved stream time"
+    );
+    let dead = &outputs[topics::DLQ];
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].key.as_deref(), Some(&b"o-2"[..]));
+    assert_eq!(broker::header(&dead[0].headers, "reason"), "validation");
+    let detail = broker::header(&dead[0].headers, "detail");
+    assert!(detail.contains("limits.future_skew_ms"), "{detail}");
+}

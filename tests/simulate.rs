@@ -97,3 +97,60 @@ fn simulate_fails_clearly_on_a_missing_input() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/day.jsonl"), "{stderr}");
 }
+
+/// A line's optional `timestamp` is the Kafka record timestamp: an `occurred_at` more than
+/// `limits.future_skew_ms` ahead of it is dead-lettered and moves no clock; without a
+/// `timestamp` nothing is checked.
+#[test]
+fn simulate_dead_letters_a_line_dated_far_ahead_of_its_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let day_ms = 24 * 60 * 60 * 1000;
+    let placed = |order: &str, t: i64, timestamp: Option<i64>| {
+        let ts = timestamp.map_or(String::new(), |ts| format!(r#", "timestamp": {ts}"#));
+        format!(
+            r#"{{"topic": "orders", "key": "{order}"{ts}, "value": {{"event_id": "e-{order}", "order_id": "{order}", "occurred_at": {t}, "body": {{"type": "OrderPlaced", "user_id": "u", "cart_id": "c", "currency": "EUR", "lines": [{{"sku": "HOT", "quantity": 1, "unit_price_minor": 100}}]}}}}}}"#
+        )
+    };
+    let log = [
+        format!(
+            r#"{{"topic": "inventory", "key": "HOT", "value": {{"event_id": "i1", "sku": "HOT", "warehouse_id": "wh", "occurred_at": {T0}, "body": {{"type": "StockReceived", "quantity": 5}}}}}}"#
+        ),
+        placed("o1", T0 + 1, Some(T0)),
+        // Two days ahead of its timestamp: dead-lettered.
+        placed("o2", T0 + 2 * day_ms, Some(T0)),
+        // Half a day ahead: within the default skew.
+        placed("o3", T0 + day_ms / 2 - 1, Some(T0 + 1)),
+    ];
+    std::fs::write(&input, log.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let status = Command::new(env!("CARGO_BIN_EXE_orderfold"))
+        .args(["simulate", "--input"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--partitions", "1", "--reservation-ttl-ms", "86400000"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dlq = lines(&out.join("dlq.jsonl"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0]["reason"], "validation");
+    assert_eq!(dlq[0]["key"], "o2");
+    assert!(
+        dlq[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.future_skew_ms"),
+        "{}",
+        dlq[0]
+    );
+    // A day's TTL: o1 expires only if o2's date moved stream time two days on.
+    assert!(lines(&out.join("reservation-expiry.jsonl")).is_empty());
+    let skus = lines(&out.join("state-skus.jsonl"));
+    assert_eq!(
+        skus[0]["reserved"].as_i64(),
+        Some(2),
+        "o1 and o3 hold a unit"
+    );
+}

@@ -31,12 +31,14 @@ pub struct Buffered<E> {
 pub trait Input {
     /// True when `input`'s buffer is at its limit: the caller pauses that partition.
     fn is_full(&self, input: usize) -> bool;
-    /// Buffers one consumed record. `origin_offset` is what its dead letter would report.
+    /// Buffers one consumed record. `origin_offset` is what its dead letter would report;
+    /// `timestamp_ms` is its Kafka timestamp, when it has one.
     fn push(
         &mut self,
         input: usize,
         offset: i64,
         origin_offset: i64,
+        timestamp_ms: Option<Millis>,
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
     );

@@ -54,13 +54,14 @@ impl OrderInput {
     }
 }
 
-/// Decodes and validates one record of input `rank`.
+/// Decodes and validates one record of input `rank`; `timestamp_ms` is its Kafka timestamp.
 pub fn decode_input(
     codec: &Codec,
     bounds: &Bounds,
     rank: usize,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
+    timestamp_ms: Option<Millis>,
 ) -> Result<OrderInput, (DeadLetterReason, String)> {
     let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
     bounds
@@ -73,23 +74,27 @@ pub fn decode_input(
         })
     }
     let invalid = |v: String| (DeadLetterReason::Validation, v);
-    match rank {
+    let input = match rank {
         ORDERS => {
             let e: OrderEvent = decode(codec, bytes)?;
             validate::order(key, &e, bounds).map_err(invalid)?;
-            Ok(OrderInput::Order(e))
+            OrderInput::Order(e)
         }
         PAYMENTS => {
             let e: PaymentEvent = decode(codec, bytes)?;
             validate::payment(key, &e, bounds).map_err(invalid)?;
-            Ok(OrderInput::Payment(e))
+            OrderInput::Payment(e)
         }
         _ => {
             let e: LogisticsEvent = decode(codec, bytes)?;
             validate::logistics(key, &e, bounds).map_err(invalid)?;
-            Ok(OrderInput::Scan(e))
+            OrderInput::Scan(e)
         }
-    }
+    };
+    bounds
+        .skew(input.occurred_at(), timestamp_ms)
+        .map_err(invalid)?;
+    Ok(input)
 }
 
 /// What orderfold knows about one order id: the order (absent for tracking-only ids) and its
@@ -838,6 +843,7 @@ impl Input for OrderTask {
         rank: usize,
         offset: i64,
         origin_offset: i64,
+        timestamp_ms: Option<Millis>,
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
     ) {
@@ -847,6 +853,7 @@ impl Input for OrderTask {
             rank,
             key.as_deref(),
             value.as_deref(),
+            timestamp_ms,
         );
         self.buffers[rank].push_back(Buffered {
             offset,
@@ -880,6 +887,7 @@ mod tests {
                 ORDERS,
                 i,
                 i,
+                None,
                 Some(format!("o-{i}").into_bytes()),
                 Some(value),
             );

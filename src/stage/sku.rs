@@ -44,17 +44,20 @@ fn decode_error(e: DecodeError) -> (DeadLetterReason, String) {
     }
 }
 
+/// Decodes and validates one inventory record; `timestamp_ms` is its Kafka timestamp.
 pub fn decode_inventory(
     codec: &Codec,
     bounds: &Bounds,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
+    timestamp_ms: Option<Millis>,
 ) -> Result<InventoryEvent, (DeadLetterReason, String)> {
     let invalid = |v| (DeadLetterReason::Validation, v);
     let bytes = value.ok_or((DeadLetterReason::Decode, "record has no value".to_string()))?;
     bounds.record_size(bytes).map_err(invalid)?;
     let e: InventoryEvent = codec.decode(bytes).map_err(decode_error)?;
     validate::inventory(key, &e, bounds).map_err(invalid)?;
+    bounds.skew(e.occurred_at, timestamp_ms).map_err(invalid)?;
     Ok(e)
 }
 
@@ -705,6 +708,7 @@ impl Input for SkuTask {
         input: usize,
         offset: i64,
         origin_offset: i64,
+        timestamp_ms: Option<Millis>,
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
     ) {
@@ -714,8 +718,13 @@ impl Input for SkuTask {
             offset: origin_offset,
         };
         if input == INVENTORY {
-            let decoded =
-                decode_inventory(&self.codec, &self.bounds, key.as_deref(), value.as_deref());
+            let decoded = decode_inventory(
+                &self.codec,
+                &self.bounds,
+                key.as_deref(),
+                value.as_deref(),
+                timestamp_ms,
+            );
             self.inventory.push_back(Buffered {
                 offset,
                 origin,
