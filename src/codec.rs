@@ -141,6 +141,8 @@ pub enum SchemaError {
         #[source]
         source: Box<apache_avro::Error>,
     },
+    #[error("schema {schema}: cannot write its canonical form: {error}")]
+    Canonical { schema: String, error: String },
     #[error("writer schema {0} is not a version of any record orderfold reads")]
     UnknownRecord(String),
     #[error("avro.schema_ids {id}: cannot read {path}: {error}")]
@@ -163,12 +165,30 @@ pub enum SchemaError {
     NoOutputId(&'static str),
 }
 
-/// The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's canonical form.
-pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+/// The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form, as
+/// the Avro specification defines it: what single-object records carry.
+pub fn fingerprint(schema: &Schema) -> Result<[u8; 8], SchemaError> {
+    let form = crate::canonical::canonical_form(schema).map_err(|e| SchemaError::Canonical {
+        schema: schema_name(schema),
+        error: e.to_string(),
+    })?;
+    Ok(crate::canonical::fingerprint(&form))
+}
+
+/// The fingerprint orderfold 0.1 wrote: of apache-avro's canonical form, which keeps
+/// logical types. Accepted on input for one release, so records already written still read.
+fn legacy_fingerprint(schema: &Schema) -> [u8; 8] {
     let fp = schema.fingerprint::<Rabin>();
     let mut out = [0u8; 8];
     out.copy_from_slice(&fp.bytes[..8]);
     out
+}
+
+fn schema_name(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(r) => r.name.fullname(None),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
+    }
 }
 
 /// A writer schema other than ours, read by resolving it against our reader schema. One Avro's
@@ -196,6 +216,9 @@ struct Entry {
 pub struct Codec {
     entries: HashMap<RecordKind, Entry>,
     kind_by_fingerprint: HashMap<[u8; 8], RecordKind>,
+    /// A schema's fingerprint as orderfold 0.1 computed it, to the specification's: records
+    /// written before the upgrade still read (docs/OPERATIONS.md, "Upgrading").
+    legacy_fingerprints: HashMap<[u8; 8], [u8; 8]>,
     /// Confluent schema ids known so far: configured, registered, or fetched by `resolve`.
     by_id: RwLock<HashMap<u32, Arc<IdSchema>>>,
     unknown_ids: Mutex<HashSet<u32>>,
@@ -320,10 +343,12 @@ impl Codec {
     fn build(writer_schemas: &[String]) -> Result<Codec, SchemaError> {
         let mut entries = HashMap::new();
         let mut kind_by_fingerprint = HashMap::new();
+        let mut legacy_fingerprints = HashMap::new();
         for kind in RecordKind::ALL {
             let name = kind.full_name();
             let schema = leak_schema(kind.schema_text(), name)?;
-            let fingerprint = fingerprint(schema);
+            let fingerprint = fingerprint(schema)?;
+            legacy_fingerprints.insert(legacy_fingerprint(schema), fingerprint);
             let reader = GenericDatumReader::builder(schema)
                 .human_readable(false)
                 .build()
@@ -346,6 +371,7 @@ impl Codec {
         let mut codec = Codec {
             entries,
             kind_by_fingerprint,
+            legacy_fingerprints,
             by_id: RwLock::new(HashMap::new()),
             unknown_ids: Mutex::new(HashSet::new()),
             registry: None,
@@ -353,6 +379,10 @@ impl Codec {
         };
         for text in writer_schemas {
             let (fp, schema) = id_schema(&codec, text)?;
+            let legacy = legacy_fingerprint(
+                &Schema::parse_str(text).map_err(|e| schema_error("writer schema", e))?,
+            );
+            codec.legacy_fingerprints.insert(legacy, fp);
             codec.kind_by_fingerprint.insert(fp, schema.kind);
             if let (Some(evolved), Some(entry)) =
                 (schema.evolved, codec.entries.get_mut(&schema.kind))
@@ -439,11 +469,16 @@ impl Codec {
         if bytes.first() == Some(&CONFLUENT_MAGIC) {
             return Ok(self.by_confluent_id(bytes)?.0.kind);
         }
-        let fp = split_header(bytes)?.0;
+        let fp = self.current(split_header(bytes)?.0);
         self.kind_by_fingerprint
             .get(&fp)
             .copied()
             .ok_or_else(|| unknown_fingerprint(fp))
+    }
+
+    /// A fingerprint as the specification computes it, for one orderfold 0.1 wrote.
+    fn current(&self, fp: [u8; 8]) -> [u8; 8] {
+        self.legacy_fingerprints.get(&fp).copied().unwrap_or(fp)
     }
 
     /// Reads one record of type `T`, single-object encoded or Confluent-framed.
@@ -462,6 +497,10 @@ impl Codec {
         }
         let (fp, body) = split_header(bytes)?;
         let entry = self.entry(T::KIND);
+        if fp == entry.fingerprint {
+            return self.read(None, body);
+        }
+        let fp = self.current(fp);
         if fp == entry.fingerprint {
             self.read(None, body)
         } else if let Some(evolved) = entry.evolved.get(&fp) {
@@ -563,7 +602,7 @@ fn id_schema(codec: &Codec, text: &str) -> Result<([u8; 8], IdSchema), SchemaErr
         .into_iter()
         .find(|k| k.full_name() == full_name)
         .ok_or_else(|| SchemaError::UnknownRecord(full_name.clone()))?;
-    let fp = fingerprint(writer);
+    let fp = fingerprint(writer)?;
     if fp == codec.entry(kind).fingerprint {
         return Ok((
             fp,
@@ -643,7 +682,7 @@ mod tests {
         // The Avro specification's CRC-64-AVRO of the canonical form "null".
         let schema = Schema::parse_str("\"null\"").unwrap();
         assert_eq!(
-            u64::from_le_bytes(fingerprint(&schema)),
+            u64::from_le_bytes(fingerprint(&schema).unwrap()),
             0x63dd_24e7_cc25_8f8a
         );
     }
@@ -707,7 +746,7 @@ mod tests {
         let bytes = c.encode(&placed()).unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
         let schema = Schema::parse_str(RecordKind::OrderEvent.schema_text()).unwrap();
-        assert_eq!(&bytes[2..10], &fingerprint(&schema));
+        assert_eq!(&bytes[2..10], &fingerprint(&schema).unwrap());
     }
 
     #[test]
@@ -785,7 +824,7 @@ mod tests {
             ),
         );
         let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
-        bytes.extend_from_slice(&fingerprint(&writer));
+        bytes.extend_from_slice(&fingerprint(&writer).unwrap());
         bytes.extend(
             GenericDatumWriter::builder(&writer)
                 .build()

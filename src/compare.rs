@@ -183,7 +183,7 @@ pub fn single_object_headers() -> Result<BTreeMap<String, String>, CompareError>
         let schema = apache_avro::Schema::parse_str(kind.schema_text())?;
         let header: String = [0xC3u8, 0x01]
             .iter()
-            .chain(codec::fingerprint(&schema).iter())
+            .chain(codec::fingerprint(&schema)?.iter())
             .map(|b| format!("{b:02x}"))
             .collect();
         let name = kind.full_name();

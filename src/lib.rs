@@ -7,6 +7,7 @@
 //! topology without a broker, and `config`, `metrics` and the `http` server beside them.
 
 pub mod bench;
+pub mod canonical;
 pub mod changelog;
 pub mod codec;
 pub mod compare;

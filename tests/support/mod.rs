@@ -319,7 +319,7 @@ pub fn scan_written_with(
         }
     }
     let mut bytes = orderfold::codec::SINGLE_OBJECT_MAGIC.to_vec();
-    bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema));
+    bytes.extend_from_slice(&orderfold::codec::fingerprint(&schema).unwrap());
     bytes.extend(
         apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
             .build()
