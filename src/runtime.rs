@@ -342,12 +342,16 @@ struct Consumed {
 /// inventory time (inventory can move the end of input past every order-stage event).
 struct Ends {
     offsets: BTreeMap<(String, i32), i64>,
+    /// Each input partition's log start offset at startup (0 where an offsets file gave the
+    /// end): a partition whose records were all deleted has nothing left to read.
+    starts: BTreeMap<(String, i32), i64>,
     inventory_max: Millis,
     order_finished: bool,
 }
 
-/// A partition's end offset as the broker last answered it (None: no answer), and when.
-type LiveEnd = (Option<i64>, Instant);
+/// A partition's log start and end offsets as the broker last answered them (None: no
+/// answer), and when.
+type LiveEnd = (Option<(i64, i64)>, Instant);
 
 /// Everything the poll loop and the rebalance callback share. The callback runs inside
 /// `poll`, on the loop's own thread, so the lock is never contended; it exists to give both
@@ -1072,11 +1076,27 @@ impl Engine {
         }
         let topic = self.names.order_inputs()[rank];
         let next = slot.task.next_offset(rank);
-        let end = match &self.ends {
-            Some(ends) => ends.offsets.get(&(topic.to_string(), p as i32)).copied(),
-            None => self.live_end(consumer, topic, p as i32, next),
-        };
-        end.is_some_and(|end| next >= end)
+        let span = self.span(consumer, topic, p as i32, next);
+        reached(consumer, topic, p as i32, next, span)
+    }
+
+    /// A partition's log start and end offsets: captured at startup in a bounded run, the
+    /// broker's latest answer in live mode.
+    fn span(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        topic: &str,
+        partition: i32,
+        next: i64,
+    ) -> Option<(i64, i64)> {
+        match &self.ends {
+            Some(ends) => {
+                let key = (topic.to_string(), partition);
+                let end = ends.offsets.get(&key).copied()?;
+                Some((ends.starts.get(&key).copied().unwrap_or(0), end))
+            }
+            None => self.live_end(consumer, topic, partition, next),
+        }
     }
 
     /// True when SKU task `p` has no inventory buffered and nothing more to read as far as
@@ -1090,30 +1110,30 @@ impl Engine {
         }
         let topic = &self.names.inventory;
         let next = slot.task.next_offset(sku_stage::INVENTORY);
-        let end = match &self.ends {
-            Some(ends) => ends.offsets.get(&(topic.to_string(), p as i32)).copied(),
-            None => self.live_end(consumer, topic, p as i32, next),
-        };
-        end.is_some_and(|end| next >= end)
+        let span = self.span(consumer, topic, p as i32, next);
+        reached(consumer, topic, p as i32, next, span)
     }
 
-    /// Live mode: the partition's end offset as the broker answers a ListOffsets request,
-    /// asked again only once the task has reached the last answer and that answer is older than
-    /// `END_OFFSET_REFRESH`. Not the high watermark of fetch responses: a broker may report one
-    /// there that is behind the log's end, and passing over a partition that still has records
-    /// would process its records late.
+    /// Live mode: the partition's log start and end offsets as the broker answers a
+    /// ListOffsets request, asked again once the task has reached the last answer and that
+    /// answer is older than `END_OFFSET_REFRESH`, or, while the task is short of it, older than
+    /// `END_OFFSET_STALE` (records deleted under a task that never gets them are noticed).
+    /// Not the high watermark of fetch responses: a broker may report one there that is
+    /// behind the log's end, and passing over a partition that still has records would
+    /// process its records late.
     fn live_end(
         &self,
         consumer: &BaseConsumer<GroupContext>,
         topic: &str,
         partition: i32,
         next: i64,
-    ) -> Option<i64> {
+    ) -> Option<(i64, i64)> {
         let key = (topic.to_string(), partition);
         let mut known = self.live_ends.borrow_mut();
-        if let Some((end, at)) = known.get(&key) {
-            if end.is_some_and(|end| end > next) || at.elapsed() < END_OFFSET_REFRESH {
-                return *end;
+        if let Some((span, at)) = known.get(&key) {
+            let short = span.is_some_and(|(_, end)| end > next);
+            if at.elapsed() < END_OFFSET_REFRESH || short && at.elapsed() < END_OFFSET_STALE {
+                return *span;
             }
         }
         // With the broker away, asking every partition every round would hold the loop for
@@ -1125,8 +1145,8 @@ impl Engine {
         {
             return None;
         }
-        let end = match consumer.fetch_watermarks(topic, partition, END_OFFSET_TIMEOUT) {
-            Ok((_, high)) => Some(high),
+        let span = match consumer.fetch_watermarks(topic, partition, END_OFFSET_TIMEOUT) {
+            Ok(span) => Some(span),
             Err(e) => {
                 tracing::debug!(topic, partition, error = %e, "end offset query failed");
                 self.end_queries_after
@@ -1134,8 +1154,8 @@ impl Engine {
                 None
             }
         };
-        known.insert(key, (end, Instant::now()));
-        end
+        known.insert(key, (span, Instant::now()));
+        span
     }
 
     /// One round of processing: every task runs on what it has buffered, up to its share of
@@ -1234,7 +1254,7 @@ impl Engine {
                         .live_ends
                         .borrow()
                         .get(&(topic.to_string(), *p as i32))
-                        .and_then(|(end, _)| *end),
+                        .and_then(|(span, _)| span.map(|(_, end)| end)),
                 };
                 tracing::info!(
                     topic,
@@ -1367,7 +1387,7 @@ impl Engine {
 
     /// A bounded run is over when the order stage has finished and every SKU task has heard
     /// end of input from every order partition, applied every command and read its inventory.
-    fn bounded_done(&self) -> bool {
+    fn bounded_done(&self, consumer: &BaseConsumer<GroupContext>) -> bool {
         let Some(ends) = &self.ends else {
             return false;
         };
@@ -1375,17 +1395,11 @@ impl Engine {
             && self.sku.len() as u32 == self.layout.sku_partitions
             && self.sku.iter().all(|(p, s)| {
                 let t = &s.task;
-                let inventory_end = ends
-                    .offsets
-                    .get(&(self.names.inventory.clone(), *p as i32))
-                    .copied()
-                    .unwrap_or(0);
                 t.watermark() == Millis::MAX
                     && t.pending_commands() == 0
                     && !t.rebuilding()
                     && t.buffered(sku_stage::COMMANDS) == 0
-                    && t.buffered(sku_stage::INVENTORY) == 0
-                    && t.next_offset(sku_stage::INVENTORY) >= inventory_end
+                    && self.inventory_caught_up(consumer, *p)
             })
     }
 
@@ -1865,6 +1879,34 @@ fn send_checkpoint(
     send(producer, record)
 }
 
+/// Whether a partition has been read to the end of `span` (its log start and end offsets):
+/// the task's next offset is there, or the consumer's position is, or the log starts there.
+/// Offsets no task ever receives would otherwise keep it waiting forever: the position moves
+/// past transaction markers and aborted records (with nothing buffered, everything before it
+/// was processed), and records deleted by retention before anyone read them are gone.
+fn reached(
+    consumer: &BaseConsumer<GroupContext>,
+    topic: &str,
+    partition: i32,
+    next: i64,
+    span: Option<(i64, i64)>,
+) -> bool {
+    let Some((start, end)) = span else {
+        return false;
+    };
+    next.max(start) >= end || position(consumer, topic, partition).is_some_and(|at| at >= end)
+}
+
+/// The consumer's position in one partition: the offset after the last record it handed out,
+/// past any transaction marker behind it.
+fn position(consumer: &BaseConsumer<GroupContext>, topic: &str, partition: i32) -> Option<i64> {
+    let list = consumer.position().ok()?;
+    match list.find_partition(topic, partition)?.offset() {
+        Offset::Offset(at) => Some(at),
+        _ => None,
+    }
+}
+
 /// Commit step 5's changelog part for one task: the positions its checkpoint reached.
 fn stage_positions(
     names: &TopicNames,
@@ -1980,20 +2022,18 @@ fn capture_ends(
     let consumer: BaseConsumer = kafka::client_config(config).create()?;
     let bounds = crate::validate::Bounds::from_config(config);
     let mut offsets = BTreeMap::new();
+    let mut starts = BTreeMap::new();
     let counts = kafka::partition_counts(config, &names.inputs())?;
     // The command topic has no end: this run writes it. The SKU stage is done when every
     // order partition's end-of-input watermark has arrived instead.
     for topic in names.external_inputs() {
         for p in 0..counts.get(topic).copied().unwrap_or(0) {
             let key = (topic.to_string(), p as i32);
-            let end = match known.map(|k| k.get(&key).copied().unwrap_or(0)) {
-                Some(end) => end,
-                None => {
-                    consumer
-                        .fetch_watermarks(topic, p as i32, kafka::REQUEST_TIMEOUT)?
-                        .1
-                }
+            let (start, end) = match known.map(|k| k.get(&key).copied().unwrap_or(0)) {
+                Some(end) => (0, end),
+                None => consumer.fetch_watermarks(topic, p as i32, kafka::REQUEST_TIMEOUT)?,
             };
+            starts.insert(key.clone(), start);
             offsets.insert(key, end);
         }
     }
@@ -2018,6 +2058,7 @@ fn capture_ends(
     })?;
     Ok(Ends {
         offsets,
+        starts,
         inventory_max,
         order_finished: false,
     })
@@ -2026,6 +2067,8 @@ fn capture_ends(
 /// How long a live run trusts the end offset the broker reported for a partition it has
 /// caught up with before asking again.
 const END_OFFSET_REFRESH: Duration = Duration::from_millis(200);
+/// How long a task short of a partition's last known end trusts that answer.
+const END_OFFSET_STALE: Duration = Duration::from_secs(5);
 /// How long that question may take: a broker that is up answers in milliseconds.
 const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long no partition's end is asked after a question failed.
@@ -2241,7 +2284,7 @@ pub fn run_from(
                 engine.commit_or_retry(&consumer, ack_timeout)?;
             }
             engine.resume_drained(&consumer)?;
-            if engine.bounded_done() {
+            if engine.bounded_done(&consumer) {
                 engine.commit_or_retry(&consumer, ack_timeout)?;
                 if engine.retry.is_none() {
                     break;
