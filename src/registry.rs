@@ -42,13 +42,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 pub struct Registry {
     url: String,
+    /// `url` as logs and errors show it: credentials in it replaced by `***`.
+    shown_url: String,
+    /// The credentials part of `url` (`user:secret`), scrubbed from any error text.
+    userinfo: Option<String>,
     timeout: Duration,
     agent: ureq::Agent,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("url", &self.url).finish()
+        f.debug_struct("Registry")
+            .field("url", &self.shown_url)
+            .finish()
     }
 }
 
@@ -58,10 +64,26 @@ impl Registry {
             .timeout_global(Some(timeout))
             .build()
             .into();
+        let url = url.trim_end_matches('/').to_string();
+        let userinfo = userinfo(&url).map(str::to_string);
+        let shown_url = match &userinfo {
+            Some(u) => url.replacen(&format!("{u}@"), "***@", 1),
+            None => url.clone(),
+        };
         Registry {
-            url: url.trim_end_matches('/').to_string(),
+            url,
+            shown_url,
+            userinfo,
             timeout,
             agent,
+        }
+    }
+
+    /// `text` with the URL's credentials replaced by `***`.
+    fn scrub(&self, text: &str) -> String {
+        match &self.userinfo {
+            Some(u) => text.replace(u.as_str(), "***"),
+            None => text.to_string(),
         }
     }
 
@@ -105,24 +127,56 @@ impl Registry {
                 Ok(v) => return Ok(v),
                 Err(ureq::Error::StatusCode(404)) => {
                     return Err(RegistryError::NotFound {
-                        url: self.url.clone(),
+                        url: self.shown_url.clone(),
                         what: what.to_string(),
                     })
                 }
                 Err(e) if started.elapsed() + backoff >= self.timeout => {
                     return Err(RegistryError::Unavailable {
-                        url: self.url.clone(),
+                        url: self.shown_url.clone(),
                         what: what.to_string(),
                         waited_ms: started.elapsed().as_millis() as u64,
-                        error: e.to_string(),
+                        error: self.scrub(&e.to_string()),
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(url = %self.url, what, error = %e, "schema registry request failed; retrying");
+                    tracing::warn!(
+                        url = %self.shown_url,
+                        what,
+                        error = %self.scrub(&e.to_string()),
+                        "schema registry request failed; retrying"
+                    );
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
+    }
+}
+
+/// The `user:secret` of `scheme://user:secret@host/...`, if the URL has one.
+fn userinfo(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &authority[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry URL is where its credentials go: no log line or error may show them.
+    #[test]
+    fn errors_and_debug_output_never_show_the_urls_credentials() {
+        let registry = Registry::new(
+            "http://orderfold:s3cret-pass@127.0.0.1:9/",
+            Duration::from_millis(300),
+        );
+        let err = registry.schema(7).unwrap_err().to_string();
+        assert!(err.contains("http://***@127.0.0.1:9"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(!format!("{registry:?}").contains("s3cret"));
+        let plain = Registry::new("http://127.0.0.1:9", Duration::from_millis(1));
+        assert_eq!(plain.shown_url, "http://127.0.0.1:9");
     }
 }
