@@ -353,8 +353,11 @@ impl SkuTask {
         // look idle): it only rebuilds the pending set the task committed, which the limit
         // already bounded, and a task that stopped partway would start it over if reopened
         // before its next commit.
+        // Past `pending_commands_max` only what takes no room is read: a watermark (it may
+        // be what makes the earliest pending command ready) or a record to dead-letter.
         while self.rebuilding()
-            || (done < max_records && self.pending.len() < self.pending_commands_max)
+            || (done < max_records
+                && (self.pending.len() < self.pending_commands_max || !self.command_next()))
         {
             let Some(record) = self.commands.pop_front() else {
                 break;
@@ -392,9 +395,11 @@ impl SkuTask {
             match merge::next_sku_stage(inventory_at, command_at, self.watermark()) {
                 SkuNext::Inventory => self.apply_inventory(out)?,
                 SkuNext::Command => self.apply_next_command(out)?,
+                // The valve: the pending set is full and the next record is a command it has no
+                // room for, so no watermark can arrive to make the earliest one ready. Anything
+                // else (a watermark still to read, a batch budget spent) waits for the next round.
                 SkuNext::Wait
-                    if self.pending.len() >= self.pending_commands_max
-                        && !self.commands.is_empty() =>
+                    if self.pending.len() >= self.pending_commands_max && self.command_next() =>
                 {
                     self.meta.forced_commands += 1;
                     self.apply_next_command(out)?;
@@ -404,6 +409,18 @@ impl SkuTask {
             done += 1;
         }
         Ok(done)
+    }
+
+    /// True when the next record of the command partition is a readable command: the one
+    /// kind of record that takes room in the pending set.
+    fn command_next(&self) -> bool {
+        matches!(
+            self.commands.front(),
+            Some(Buffered {
+                decoded: Ok(SkuStageRecord::Command(_)),
+                ..
+            })
+        )
     }
 
     fn accept_command(
@@ -742,5 +759,60 @@ impl Input for SkuTask {
                 decoded,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserve(order: &str, at: Millis) -> SkuCommand {
+        SkuCommand {
+            command_id: format!("cmd-{order}"),
+            kind: SkuCommandKind::Reserve,
+            order_id: order.into(),
+            sku: "A".into(),
+            quantity: 1,
+            occurred_at: at,
+            sequence: 0,
+            cause_event_id: format!("ev-{order}"),
+            reason: None,
+        }
+    }
+
+    /// With the pending set full, the watermark behind it is read rather than the earliest
+    /// command forced ahead of it: the watermark makes that command ready in order.
+    #[test]
+    fn a_full_pending_set_reads_the_watermark_that_readies_its_earliest_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.limits.pending_commands_max = 2;
+        let codec = Codec::new().unwrap();
+        let topics = ["inventory".to_string(), "commands".to_string()];
+        let mut task = SkuTask::open(dir.path(), 0, topics, 1, codec.clone(), &config).unwrap();
+        let watermark = Watermark {
+            source_partition: 0,
+            stream_time: 150,
+            end_of_input: false,
+        };
+        let records = [
+            codec.encode(&reserve("o1", 100)).unwrap(),
+            codec.encode(&reserve("o2", 200)).unwrap(),
+            codec.encode(&watermark).unwrap(),
+            codec.encode(&reserve("o3", 300)).unwrap(),
+        ];
+        for (offset, value) in records.into_iter().enumerate() {
+            let offset = offset as i64;
+            task.push(COMMANDS, offset, offset, None, None, Some(value));
+        }
+        let mut out = Vec::new();
+        task.run(true, 100, &mut out).unwrap();
+        assert_eq!(task.meta().forced_commands, 0, "a command was forced");
+        assert_eq!(task.watermark(), 150);
+        // o1 applied in order; o2 waits for a later watermark, o3 for room.
+        assert_eq!(task.pending_commands(), 1);
+        task.run(true, 100, &mut out).unwrap();
+        assert_eq!(task.pending_commands(), 2);
+        assert_eq!(task.meta().forced_commands, 0);
     }
 }
