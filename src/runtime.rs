@@ -489,9 +489,7 @@ impl ConsumerContext for GroupContext {
                 // its session or poll deadline): that owner may have restored them, so
                 // nothing of this batch may reach the changelogs, the group or disk.
                 tracing::warn!("assignment lost; tasks closed without committing their batch");
-                engine.abandon();
-                engine.retry = None;
-                engine.status.set_fault(&engine.status.retrying, None);
+                engine.drop_batch();
                 let unassigned = consumer.unassign().map_err(RuntimeError::from);
                 engine.rebalanced("revoked");
                 unassigned
@@ -716,8 +714,8 @@ impl Engine {
         }
         let timeout = Duration::from_millis(self.config.runtime.produce_ack_timeout_ms);
         if let Err(e) = self.commit(consumer, timeout) {
-            self.abandon();
             if !self.retriable(&e) {
+                self.abandon();
                 return Err(e);
             }
             // The batch is the next owner's to process again, from the same last commit.
@@ -727,8 +725,7 @@ impl Engine {
                 retry_in: Duration::ZERO,
                 batch_records: self.batch_records,
             });
-            self.retry = None;
-            self.status.set_fault(&self.status.retrying, None);
+            self.drop_batch();
             tracing::info!("partitions revoked; tasks closed without their failed batch");
             return Ok(());
         }
@@ -923,6 +920,14 @@ impl Engine {
         self.close_all();
         self.dirty = false;
         self.stale_producer = true;
+    }
+
+    /// Revocation without a commit: the tasks are abandoned and the batch is the next owner's
+    /// to process again from the last commit, so this member has nothing left to retry.
+    fn drop_batch(&mut self) {
+        self.abandon();
+        self.retry = None;
+        self.status.set_fault(&self.status.retrying, None);
     }
 
     /// Closes every task, after its state readers are gone: a query never reads a closed task,
