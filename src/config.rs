@@ -183,6 +183,14 @@ pub struct TopicsConfig {
     /// the committed values it would replace; the task's next start overwrites it, so this
     /// must outlast any outage in which the task's local disk is lost too. 7 days.
     pub changelog_min_compaction_lag_ms: u64,
+    /// Replicas `orderfold topics create` gives every topic, capped at the brokers the
+    /// cluster has (a single-node broker such as tansu gets 1). Three survive one broker lost
+    /// while a second is down for maintenance.
+    pub replication_factor: u32,
+    /// `min.insync.replicas` of every topic created with more than one replica, capped at the
+    /// replication factor: with `acks=all`, a write is refused rather than kept by a single
+    /// broker, so a broker lost right after it cannot lose an acknowledged output.
+    pub min_insync_replicas: u32,
 }
 
 impl Default for TopicsConfig {
@@ -198,6 +206,8 @@ impl Default for TopicsConfig {
             order_partitions: 4,
             sku_partitions: 4,
             changelog_min_compaction_lag_ms: 7 * 24 * 60 * 60 * 1000,
+            replication_factor: 3,
+            min_insync_replicas: 2,
         }
     }
 }
@@ -500,6 +510,8 @@ impl Config {
             || l.string_bytes_max == 0
             || l.quantity_max <= 0
             || l.future_skew_ms <= 0
+            || self.topics.replication_factor == 0
+            || self.topics.min_insync_replicas == 0
             || self.state.memory_budget_bytes == 0
         {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));

@@ -553,6 +553,17 @@ pub fn create_on_mock<C: ClientContext>(
     Ok(created)
 }
 
+/// The replicas a created topic gets on a cluster of `brokers`, and its `min.insync.replicas`
+/// (None with a single replica: the broker's default of 1 is all it can be).
+pub fn replication(topics: &crate::config::TopicsConfig, brokers: usize) -> (u32, Option<u32>) {
+    let replicas = topics
+        .replication_factor
+        .min(u32::try_from(brokers).unwrap_or(u32::MAX))
+        .max(1);
+    let min_insync = (replicas > 1).then(|| topics.min_insync_replicas.clamp(1, replicas));
+    (replicas, min_insync)
+}
+
 /// Creates those of `wanted` that do not exist yet; returns their names.
 pub async fn create_missing(
     config: &Config,
@@ -561,11 +572,33 @@ pub async fn create_missing(
     let names: Vec<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     let existing = partition_counts(config, &names)?;
     let lag_ms = config.topics.changelog_min_compaction_lag_ms.to_string();
+    let consumer: BaseConsumer = client_config(config).create()?;
+    let brokers = consumer
+        .fetch_metadata(None, REQUEST_TIMEOUT)?
+        .brokers()
+        .len();
+    let (replicas, min_insync) = replication(&config.topics, brokers);
+    if replicas < config.topics.replication_factor {
+        tracing::warn!(
+            replication_factor = config.topics.replication_factor,
+            brokers,
+            replicas,
+            "the cluster has fewer brokers than topics.replication_factor; topics get fewer replicas"
+        );
+    }
+    let min_insync = min_insync.map(|n| n.to_string());
     let new: Vec<NewTopic> = wanted
         .iter()
         .filter(|w| !existing.contains_key(&w.name))
         .map(|w| {
-            let topic = NewTopic::new(&w.name, w.partitions as i32, TopicReplication::Fixed(1));
+            let mut topic = NewTopic::new(
+                &w.name,
+                w.partitions as i32,
+                TopicReplication::Fixed(replicas as i32),
+            );
+            if let Some(n) = &min_insync {
+                topic = topic.set("min.insync.replicas", n);
+            }
             if w.compacted {
                 topic
                     .set("cleanup.policy", "compact")
@@ -761,4 +794,27 @@ pub fn produce_all<'a>(
     producer.context().take_failures()?;
     progress(sent);
     Ok(producer.context().ends())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TopicsConfig;
+
+    #[test]
+    fn topics_get_three_replicas_and_two_in_sync_where_the_cluster_has_the_brokers() {
+        let topics = TopicsConfig::default();
+        assert_eq!(replication(&topics, 5), (3, Some(2)));
+        assert_eq!(replication(&topics, 3), (3, Some(2)));
+        assert_eq!(replication(&topics, 2), (2, Some(2)));
+        // A single-node broker (tansu): one replica, and min.insync.replicas left alone.
+        assert_eq!(replication(&topics, 1), (1, None));
+        assert_eq!(replication(&topics, 0), (1, None));
+        let loose = TopicsConfig {
+            replication_factor: 3,
+            min_insync_replicas: 9,
+            ..TopicsConfig::default()
+        };
+        assert_eq!(replication(&loose, 3), (3, Some(3)));
+    }
 }
