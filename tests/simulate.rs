@@ -14,6 +14,21 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// Runs `orderfold simulate` on `input` with `args`; returns the output directory beside it.
+fn simulate(input: &std::path::Path, args: &[&str]) -> std::path::PathBuf {
+    let out = input.with_file_name("out");
+    let status = Command::new(env!("CARGO_BIN_EXE_orderfold"))
+        .args(["simulate", "--input"])
+        .arg(input)
+        .arg("--out")
+        .arg(&out)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
 #[test]
 fn simulate_writes_outputs_state_and_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,16 +49,10 @@ fn simulate_writes_outputs_state_and_dead_letters() {
         format!(r#"{{"topic": "logistics", "key": "o1", "value": {{"event_id": "s2", "order_id": "o1", "shipment_id": "sh", "occurred_at": {}, "status": "PICKED_UP", "location": "hub"}}}}"#, T0 + 400_000),
     ];
     std::fs::write(&input, log.join("\n")).unwrap();
-    let out = dir.path().join("out");
-    let status = Command::new(env!("CARGO_BIN_EXE_orderfold"))
-        .args(["simulate", "--input"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&out)
-        .args(["--partitions", "2", "--reservation-ttl-ms", "60000"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let out = simulate(
+        &input,
+        &["--partitions", "2", "--reservation-ttl-ms", "60000"],
+    );
 
     let alerts = lines(&out.join("oversell-alerts.jsonl"));
     assert_eq!(alerts.len(), 1);
@@ -123,16 +132,10 @@ fn simulate_dead_letters_a_line_dated_far_ahead_of_its_timestamp() {
         placed("o3", T0 + day_ms / 2 - 1, Some(T0 + 1)),
     ];
     std::fs::write(&input, log.join("\n")).unwrap();
-    let out = dir.path().join("out");
-    let status = Command::new(env!("CARGO_BIN_EXE_orderfold"))
-        .args(["simulate", "--input"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&out)
-        .args(["--partitions", "1", "--reservation-ttl-ms", "86400000"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let out = simulate(
+        &input,
+        &["--partitions", "1", "--reservation-ttl-ms", "86400000"],
+    );
     let dlq = lines(&out.join("dlq.jsonl"));
     assert_eq!(dlq.len(), 1, "{dlq:?}");
     assert_eq!(dlq[0]["reason"], "validation");
