@@ -67,6 +67,12 @@ pub struct Limits {
     /// every orphan is dead-lettered). A day allows any clock or time-zone mistake a producer
     /// really makes. Records without a timestamp are not checked.
     pub future_skew_ms: i64,
+    /// Bytes of a dead-lettered record's key and of its value the dead letter keeps; longer
+    /// ones are cut, and header `key_bytes`/`value_bytes` gives the original length. A record
+    /// near the broker's size limit, copied whole with its headers, would be refused on every
+    /// retry and stop the partition for good. 64 KiB keeps every record `record_bytes_max`
+    /// lets through whole.
+    pub dead_letter_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +88,7 @@ impl Default for Limits {
             string_bytes_max: 1024,
             quantity_max: 1_000_000,
             future_skew_ms: 24 * 60 * 60 * 1000,
+            dead_letter_bytes_max: 64 * 1024,
         }
     }
 }
@@ -510,6 +517,7 @@ impl Config {
             || l.string_bytes_max == 0
             || l.quantity_max <= 0
             || l.future_skew_ms <= 0
+            || l.dead_letter_bytes_max == 0
             || self.topics.replication_factor == 0
             || self.topics.min_insync_replicas == 0
             || self.state.memory_budget_bytes == 0

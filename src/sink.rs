@@ -94,37 +94,74 @@ pub struct Origin {
     pub offset: i64,
 }
 
+/// Bytes of a dead letter's `detail` header at most. A detail quotes what it found (a key, a
+/// field), and what it found may be a megabyte: uncut, the dead letter outgrows what the
+/// broker takes and is refused on every retry.
+pub const DETAIL_BYTES_MAX: usize = 1024;
+
 /// The original key and bytes, with headers `reason`, `detail`, `topic`, `partition`, `offset`.
+/// A key or value longer than `kept_bytes_max` (`limits.dead_letter_bytes_max`) is cut to it,
+/// and header `key_bytes` or `value_bytes` gives its original length, so a dead letter always
+/// fits the broker's record limit.
 pub fn dead_letter(
     reason: DeadLetterReason,
     detail: &str,
     origin: &Origin,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
+    kept_bytes_max: usize,
 ) -> OutRecord {
     let route = if key.is_some() {
         Route::ByKey
     } else {
         Route::Partition(origin.partition)
     };
+    let mut headers = vec![
+        ("reason".into(), reason.label().as_bytes().to_vec()),
+        (
+            "detail".into(),
+            cut_text(detail, DETAIL_BYTES_MAX).into_bytes(),
+        ),
+        ("topic".into(), origin.topic.as_bytes().to_vec()),
+        (
+            "partition".into(),
+            origin.partition.to_string().into_bytes(),
+        ),
+        ("offset".into(), origin.offset.to_string().into_bytes()),
+    ];
+    let mut cut = |name: &str, bytes: Option<Vec<u8>>| {
+        bytes.map(|mut b| {
+            if b.len() > kept_bytes_max {
+                headers.push((name.to_string(), b.len().to_string().into_bytes()));
+                b.truncate(kept_bytes_max);
+            }
+            b
+        })
+    };
+    let key = cut("key_bytes", key);
+    let value = cut("value_bytes", value);
     OutRecord {
         topic: OutTopic::DeadLetters,
         route,
         key,
         value,
-        headers: vec![
-            ("reason".into(), reason.label().as_bytes().to_vec()),
-            ("detail".into(), detail.as_bytes().to_vec()),
-            ("topic".into(), origin.topic.as_bytes().to_vec()),
-            (
-                "partition".into(),
-                origin.partition.to_string().into_bytes(),
-            ),
-            ("offset".into(), origin.offset.to_string().into_bytes()),
-        ],
+        headers,
         cause_time: None,
         alert: None,
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, saying how long it was.
+fn cut_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let note = format!("... ({} bytes)", text.len());
+    let mut end = max.saturating_sub(note.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &text[..end])
 }
 
 /// A header's value as text, if present.

@@ -18,6 +18,7 @@ pub struct Bounds {
     pub string_bytes_max: usize,
     pub quantity_max: i32,
     pub future_skew_ms: i64,
+    pub dead_letter_bytes_max: usize,
 }
 
 impl Bounds {
@@ -29,6 +30,7 @@ impl Bounds {
             string_bytes_max: l.string_bytes_max,
             quantity_max: l.quantity_max,
             future_skew_ms: l.future_skew_ms,
+            dead_letter_bytes_max: l.dead_letter_bytes_max,
         }
     }
 

@@ -258,6 +258,15 @@ fn corpus(codec: &Codec) -> Vec<Bad> {
             Some(inventory("c-inv4", "sku-1", "wh-1", received(1_001))),
             "validation",
         ),
+        // Its dead letter, key and detail (which quotes the key) copied whole, would be 1.2 MB:
+        // more than the producer's message.max.bytes, refused on every retry.
+        bad(
+            "a 600 KB key that differs from order_id",
+            topics::ORDERS,
+            Some(&"k".repeat(600_000)),
+            Some(placed("c-hugekey", "bad-15", &[("sku-1", 1)], T0)),
+            "validation",
+        ),
     ];
     // A record without a key lands on the producer's choice of partition; its dead letter goes
     // to the dead-letter topic's partitions, however few. Put one on the last partition.
@@ -385,13 +394,31 @@ fn a_bad_input_corpus_through_the_broker_is_dead_lettered_with_its_reasons_and_t
     // bytes, and headers naming where it came from.
     let read = broker::read_outputs(&s.config);
     let names = orderfold::kafka::TopicNames::from_config(&s.config);
+    // A key or value beyond limits.dead_letter_bytes_max is kept cut to it.
+    let kept = s.config.limits.dead_letter_bytes_max;
+    let cut = |bytes: &Option<Vec<u8>>| {
+        bytes.clone().map(|mut b| {
+            b.truncate(kept);
+            b
+        })
+    };
     for b in &corpus {
-        let value = b.record.value.clone().unwrap_or_default();
+        let (key, value) = (cut(&b.record.key), cut(&b.record.value).unwrap_or_default());
         let found = read[topics::DLQ]
             .iter()
-            .find(|r| r.key == b.record.key && r.value.clone().unwrap_or_default() == value)
+            .find(|r| r.key == key && r.value.clone().unwrap_or_default() == value)
             .unwrap_or_else(|| panic!("{}: not dead-lettered", b.what));
         let h = |name: &str| broker::header(&found.headers, name);
+        let key_bytes = b.record.key.as_ref().map_or(0, Vec::len);
+        if key_bytes > kept {
+            assert_eq!(h("key_bytes"), key_bytes.to_string(), "{}", b.what);
+        }
+        assert!(
+            h("detail").len() <= orderfold::sink::DETAIL_BYTES_MAX,
+            "{}: a detail of {} bytes",
+            b.what,
+            h("detail").len()
+        );
         assert_eq!(
             h("reason"),
             b.reason,

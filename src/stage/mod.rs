@@ -88,12 +88,13 @@ impl Accounting {
         origin: &Origin,
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
+        kept_bytes_max: usize,
     ) -> OutRecord {
         *self
             .dead_lettered
             .entry(reason.label().to_string())
             .or_default() += 1;
-        crate::sink::dead_letter(reason, detail, origin, key, value)
+        crate::sink::dead_letter(reason, detail, origin, key, value, kept_bytes_max)
     }
 
     pub fn merge(&mut self, other: &Accounting) {

@@ -367,6 +367,7 @@ impl OrderTask {
                         &record.origin,
                         record.key,
                         record.value,
+                        self.bounds.dead_letter_bytes_max,
                     ));
                 }
                 Ok(event) => {
@@ -664,7 +665,14 @@ impl OrderTask {
                 "no OrderPlaced for order {order_id} within orphan_ttl_ms {} of stream time",
                 self.orphan_ttl_ms
             );
-            out.push(acc.dead_letter(DeadLetterReason::Orphan, &detail, &p.origin, p.key, p.value));
+            out.push(acc.dead_letter(
+                DeadLetterReason::Orphan,
+                &detail,
+                &p.origin,
+                p.key,
+                p.value,
+                self.bounds.dead_letter_bytes_max,
+            ));
         }
         if kept.is_empty() {
             self.db

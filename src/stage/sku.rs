@@ -447,6 +447,7 @@ impl SkuTask {
                     &record.origin,
                     record.key,
                     record.value,
+                    self.bounds.dead_letter_bytes_max,
                 ));
             }
             Ok(SkuStageRecord::Watermark(w)) => {
@@ -535,7 +536,14 @@ impl SkuTask {
         let acc = &mut self.meta.accounting[INVENTORY];
         acc.consumed += 1;
         if let Err((reason, detail)) = record.decoded {
-            out.push(acc.dead_letter(reason, &detail, &record.origin, record.key, record.value));
+            out.push(acc.dead_letter(
+                reason,
+                &detail,
+                &record.origin,
+                record.key,
+                record.value,
+                self.bounds.dead_letter_bytes_max,
+            ));
         }
     }
 
