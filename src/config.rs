@@ -73,6 +73,13 @@ pub struct Limits {
     /// retry and stop the partition for good. 64 KiB keeps every record `record_bytes_max`
     /// lets through whole.
     pub dead_letter_bytes_max: usize,
+    /// Events one unknown order may have parked while they wait for its OrderPlaced; more are
+    /// dead-lettered (`validation`). The parked events are one state value (and one changelog
+    /// record): unbounded, one order id that never arrives grows it past what the broker takes.
+    pub orphans_per_order_max: usize,
+    /// Warehouses one SKU may hold stock in; an inventory record naming one more is
+    /// dead-lettered (`validation`). The per-warehouse counts are part of the SKU's state value.
+    pub warehouses_per_sku_max: usize,
 }
 
 impl Default for Limits {
@@ -89,6 +96,8 @@ impl Default for Limits {
             quantity_max: 1_000_000,
             future_skew_ms: 24 * 60 * 60 * 1000,
             dead_letter_bytes_max: 64 * 1024,
+            orphans_per_order_max: 100,
+            warehouses_per_sku_max: 1_000,
         }
     }
 }
@@ -518,6 +527,8 @@ impl Config {
             || l.quantity_max <= 0
             || l.future_skew_ms <= 0
             || l.dead_letter_bytes_max == 0
+            || l.orphans_per_order_max == 0
+            || l.warehouses_per_sku_max == 0
             || self.topics.replication_factor == 0
             || self.topics.min_insync_replicas == 0
             || self.state.memory_budget_bytes == 0

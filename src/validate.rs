@@ -19,6 +19,8 @@ pub struct Bounds {
     pub quantity_max: i32,
     pub future_skew_ms: i64,
     pub dead_letter_bytes_max: usize,
+    pub orphans_per_order_max: usize,
+    pub warehouses_per_sku_max: usize,
 }
 
 impl Bounds {
@@ -31,6 +33,8 @@ impl Bounds {
             quantity_max: l.quantity_max,
             future_skew_ms: l.future_skew_ms,
             dead_letter_bytes_max: l.dead_letter_bytes_max,
+            orphans_per_order_max: l.orphans_per_order_max,
+            warehouses_per_sku_max: l.warehouses_per_sku_max,
         }
     }
 

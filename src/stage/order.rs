@@ -419,7 +419,7 @@ impl OrderTask {
             }
             None => {
                 record.parked_at = self.meta.stream_time;
-                self.park(record)?;
+                self.park(record, out)?;
             }
         }
         Ok(())
@@ -530,7 +530,7 @@ impl OrderTask {
         Ok(())
     }
 
-    fn park(&mut self, record: Parked) -> Result<(), TaskError> {
+    fn park(&mut self, record: Parked, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
         let order_id = match &record.event {
             OrderInput::Order(e) => e.order_id.clone(),
             OrderInput::Payment(e) => e.order_id.clone(),
@@ -540,6 +540,24 @@ impl OrderTask {
             .db
             .get::<Vec<Parked>>(Store::Orphans, order_id.as_bytes())?
             .unwrap_or_default();
+        // Checked here, not before dedup with the other rules: only now is the order known
+        // to be missing. The event id stays seen, so a redelivery counts as a duplicate.
+        if parked.len() >= self.bounds.orphans_per_order_max {
+            let detail = format!(
+                "order {order_id} already has {} events waiting for its OrderPlaced \
+                 (limits.orphans_per_order_max)",
+                parked.len()
+            );
+            out.push(self.meta.accounting[record.rank].dead_letter(
+                DeadLetterReason::Validation,
+                &detail,
+                &record.origin,
+                record.key,
+                record.value,
+                self.bounds.dead_letter_bytes_max,
+            ));
+            return Ok(());
+        }
         self.meta.accounting[record.rank].parked += 1;
         self.add_timer(timer_key(
             record.parked_at.saturating_add(self.orphan_ttl_ms),

@@ -596,6 +596,26 @@ impl SkuTask {
             return Ok(());
         }
         let mut sku = self.sku(&event.sku)?;
+        let warehouses = sku.on_hand_by_warehouse.len();
+        if warehouses >= self.bounds.warehouses_per_sku_max
+            && !sku.on_hand_by_warehouse.contains_key(&event.warehouse_id)
+        {
+            let detail = format!(
+                "sku {} already holds stock in {warehouses} warehouses \
+                 (limits.warehouses_per_sku_max); {} would be one more",
+                event.sku, event.warehouse_id
+            );
+            let acc = &mut self.meta.accounting[INVENTORY];
+            out.push(acc.dead_letter(
+                DeadLetterReason::Validation,
+                &detail,
+                &record.origin,
+                record.key,
+                record.value,
+                self.bounds.dead_letter_bytes_max,
+            ));
+            return Ok(());
+        }
         let alert = rules::apply_inventory(&mut sku, &event);
         self.db
             .put(Store::Skus, event.sku.as_bytes().to_vec(), &sku)?;
