@@ -497,10 +497,12 @@ impl Codec {
         }
         let (fp, body) = split_header(bytes)?;
         let entry = self.entry(T::KIND);
-        if fp == entry.fingerprint {
-            return self.read(None, body);
-        }
-        let fp = self.current(fp);
+        // Our own fingerprint, the common case, skips the lookup of an old one.
+        let fp = if fp == entry.fingerprint {
+            fp
+        } else {
+            self.current(fp)
+        };
         if fp == entry.fingerprint {
             self.read(None, body)
         } else if let Some(evolved) = entry.evolved.get(&fp) {

@@ -1073,50 +1073,48 @@ impl Engine {
     /// as far as anyone knows: its end offset in a bounded run, or in live mode the end the
     /// broker last reported for it.
     fn caught_up(&self, consumer: &BaseConsumer<GroupContext>, p: u32, rank: usize) -> bool {
-        let Some(slot) = self.order.get(&p) else {
-            return false;
-        };
-        if slot.task.buffered(rank) > 0 {
-            return false;
-        }
-        let topic = self.names.order_inputs()[rank];
-        let next = slot.task.next_offset(rank);
-        let span = self.span(consumer, topic, p as i32, next);
-        reached(consumer, topic, p as i32, next, span)
-    }
-
-    /// A partition's log start and end offsets: captured at startup in a bounded run, the
-    /// broker's latest answer in live mode.
-    fn span(
-        &self,
-        consumer: &BaseConsumer<GroupContext>,
-        topic: &str,
-        partition: i32,
-        next: i64,
-    ) -> Option<(i64, i64)> {
-        match &self.ends {
-            Some(ends) => {
-                let key = (topic.to_string(), partition);
-                let end = ends.offsets.get(&key).copied()?;
-                Some((ends.starts.get(&key).copied().unwrap_or(0), end))
-            }
-            None => self.live_end(consumer, topic, partition, next),
-        }
+        self.order.get(&p).is_some_and(|slot| {
+            let topic = self.names.order_inputs()[rank];
+            let (buffered, next) = (slot.task.buffered(rank), slot.task.next_offset(rank));
+            self.input_caught_up(consumer, topic, p, buffered, next)
+        })
     }
 
     /// True when SKU task `p` has no inventory buffered and nothing more to read as far as
     /// anyone knows (the same rule as `caught_up`).
     fn inventory_caught_up(&self, consumer: &BaseConsumer<GroupContext>, p: u32) -> bool {
-        let Some(slot) = self.sku.get(&p) else {
-            return false;
-        };
-        if slot.task.buffered(sku_stage::INVENTORY) > 0 {
+        self.sku.get(&p).is_some_and(|slot| {
+            let input = sku_stage::INVENTORY;
+            let (buffered, next) = (slot.task.buffered(input), slot.task.next_offset(input));
+            self.input_caught_up(consumer, &self.names.inventory, p, buffered, next)
+        })
+    }
+
+    /// The rule of both: nothing buffered, and the partition read to the end of its span (log
+    /// start and end offsets: captured at startup in a bounded run, the broker's latest answer
+    /// in live mode).
+    fn input_caught_up(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        topic: &str,
+        p: u32,
+        buffered: usize,
+        next: i64,
+    ) -> bool {
+        if buffered > 0 {
             return false;
         }
-        let topic = &self.names.inventory;
-        let next = slot.task.next_offset(sku_stage::INVENTORY);
-        let span = self.span(consumer, topic, p as i32, next);
-        reached(consumer, topic, p as i32, next, span)
+        let partition = p as i32;
+        let span = match &self.ends {
+            Some(ends) => {
+                let key = (topic.to_string(), partition);
+                ends.offsets
+                    .get(&key)
+                    .map(|end| (ends.starts.get(&key).copied().unwrap_or(0), *end))
+            }
+            None => self.live_end(consumer, topic, partition, next),
+        };
+        reached(consumer, topic, partition, next, span)
     }
 
     /// Live mode: the partition's log start and end offsets as the broker answers a

@@ -10,7 +10,8 @@ use crate::event::{
 /// A broken rule, described for the dead-letter `detail` header.
 pub type Violation = String;
 
-/// The config's bounds on one input record.
+/// The config's bounds on one input record, and on what its key's state and its dead letter
+/// may grow to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     pub record_bytes_max: usize,
