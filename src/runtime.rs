@@ -530,6 +530,11 @@ impl Engine {
         if let Some(retry) = &mut self.retry {
             retry.reopen_at = None;
         }
+        if let Some(ends) = &mut self.ends {
+            // A task opens without any end of input (`SkuTask::committed_meta`), so a bounded
+            // run's order stage announces its end again to the tasks opened here.
+            ends.order_finished = false;
+        }
         let opened = self.renew_producer().and_then(|()| self.open_assigned(tpl));
         self.status.opening.store(false, Ordering::Release);
         self.rebalanced("assigned");
@@ -839,11 +844,9 @@ impl Engine {
             retry_in,
             batch_records: self.batch_records,
         });
+        // The end of input the dropped batch announced is announced again: reopening the
+        // tasks (`open_tasks`) makes the order stage finish once more.
         self.abandon();
-        if let Some(ends) = &mut self.ends {
-            // The end of input the dropped batch announced is announced again.
-            ends.order_finished = false;
-        }
         consumer.pause(&consumer.assignment()?)?;
         self.retry = Some(Retry {
             attempts,

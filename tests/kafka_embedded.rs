@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderfold::config::Config;
+use orderfold::generate::Generated;
 use orderfold::kafka;
 use orderfold::metrics::Metrics;
 use orderfold::runtime::{self, Mode, RuntimeError, Shutdown, Status};
@@ -367,14 +368,7 @@ fn a_live_run_after_a_bounded_one_applies_commands_in_event_time() {
     // the log, not by the clock.
     config.runtime.wall_clock_advance = false;
     create_topics(&cluster, &config);
-    let (_, records) = broker::workload(41, 3_000);
-    let mut times: Vec<i64> = records.iter().filter_map(occurred_at).collect();
-    times.sort_unstable();
-    let split = times[times.len() / 2];
-    let (first, rest): (Vec<_>, Vec<_>) = records
-        .iter()
-        .cloned()
-        .partition(|r| occurred_at(r).is_none_or(|t| t < split));
+    let (first, rest) = halves(41);
     produce(&config, &first);
     run_until_end(&config).unwrap();
 
@@ -405,6 +399,39 @@ fn a_live_run_after_a_bounded_one_applies_commands_in_event_time() {
 
     let whole: Vec<_> = first.into_iter().chain(rest).collect();
     broker::assert_matches_driver(&whole, &config, 3, 2, false);
+}
+
+/// A bounded run's end of input is its own: a second `run --until-end` over more input reads
+/// the commands its order stage sends and applies them in event time, as one run over the
+/// whole log would. (A task that kept the first run's end would finish at once, before its
+/// command partition was read.)
+#[test]
+fn a_bounded_run_over_more_input_reads_its_own_end_of_input() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 3, 2);
+    config.runtime.wall_clock_advance = false;
+    create_topics(&cluster, &config);
+    let (first, rest) = halves(47);
+    produce(&config, &first);
+    run_until_end(&config).unwrap();
+    produce(&config, &rest);
+    run_until_end(&config).unwrap();
+
+    let whole: Vec<_> = first.into_iter().chain(rest).collect();
+    broker::assert_matches_driver(&whole, &config, 3, 2, false);
+}
+
+/// A workload of 3,000 records split at its median event time: malformed records go with the
+/// first half.
+fn halves(seed: u64) -> (Vec<Generated>, Vec<Generated>) {
+    let (_, records) = broker::workload(seed, 3_000);
+    let mut times: Vec<i64> = records.iter().filter_map(occurred_at).collect();
+    times.sort_unstable();
+    let split = times[times.len() / 2];
+    records
+        .into_iter()
+        .partition(|r| occurred_at(r).is_none_or(|t| t < split))
 }
 
 /// Runs a live instance in a thread on a status whose metrics move.

@@ -249,9 +249,7 @@ impl SkuTask {
         codec: Arc<Codec>,
         config: &Config,
     ) -> Result<SkuTask, TaskError> {
-        let meta = db
-            .get::<SkuMeta>(Store::Meta, META_KEY)?
-            .unwrap_or_default();
+        let meta = Self::committed_meta(&db)?;
         let commands_read_to = meta.next_offsets[COMMANDS];
         Ok(SkuTask {
             partition,
@@ -273,6 +271,21 @@ impl SkuTask {
             pending_offsets: BTreeSet::new(),
             commands_read_to,
         })
+    }
+
+    /// The meta of the last commit, without any order partition's end of input: an end belongs
+    /// to the bounded run that announced it. A task that kept it would let the next bounded run
+    /// finish before reading the commands that run sends (its watermark already at the end),
+    /// and would apply a live run's commands in arrival order until it read the take-back.
+    /// Each run's order stage announces its own end again.
+    fn committed_meta(db: &TaskDb) -> Result<SkuMeta, TaskError> {
+        let mut meta = db
+            .get::<SkuMeta>(Store::Meta, META_KEY)?
+            .unwrap_or_default();
+        for (_, end) in meta.watermarks.values_mut() {
+            *end = false;
+        }
+        Ok(meta)
     }
 
     pub fn partition(&self) -> u32 {
@@ -704,10 +717,7 @@ impl SkuTask {
 
     pub fn discard(&mut self) -> Result<(), TaskError> {
         self.db.discard();
-        self.meta = self
-            .db
-            .get::<SkuMeta>(Store::Meta, META_KEY)?
-            .unwrap_or_default();
+        self.meta = Self::committed_meta(&self.db)?;
         self.pending.clear();
         self.pending_offsets.clear();
         self.commands_read_to = self.meta.next_offsets[COMMANDS];
@@ -842,5 +852,43 @@ mod tests {
         task.run(true, 100, &mut out).unwrap();
         assert_eq!(task.pending_commands(), 2);
         assert_eq!(task.meta().forced_commands, 0);
+    }
+
+    /// An end of input read and committed by one run is not the next run's: the reopened task
+    /// waits for watermarks again, so a command behind its watermark is not applied at once.
+    #[test]
+    fn a_reopened_task_has_forgotten_the_end_of_input_of_the_run_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::default();
+        let codec = Codec::new().unwrap();
+        let topics = ["inventory".to_string(), "commands".to_string()];
+        let open = || SkuTask::open(dir.path(), 0, topics.clone(), 1, codec.clone(), &config);
+        let end = Watermark {
+            source_partition: 0,
+            stream_time: 150,
+            end_of_input: true,
+        };
+        let mut out = Vec::new();
+        {
+            let mut task = open().unwrap();
+            task.push(
+                COMMANDS,
+                0,
+                0,
+                None,
+                None,
+                Some(codec.encode(&end).unwrap()),
+            );
+            task.run(true, 100, &mut out).unwrap();
+            assert_eq!(task.watermark(), Millis::MAX);
+            task.prepare_commit().unwrap();
+            task.commit().unwrap();
+        }
+        let mut task = open().unwrap();
+        assert_eq!(task.watermark(), 150, "the end of input outlived its run");
+        let value = codec.encode(&reserve("o1", 200)).unwrap();
+        task.push(COMMANDS, 1, 1, None, None, Some(value));
+        task.run(true, 100, &mut out).unwrap();
+        assert_eq!(task.pending_commands(), 1, "applied ahead of its watermark");
     }
 }

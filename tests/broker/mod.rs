@@ -346,9 +346,17 @@ pub fn assert_same(actual: &Outcome, expected: &Outcome) {
             "{topic}: number of keys with outputs"
         );
         for (key, values) in want {
+            let shown = |values: Option<&Vec<Vec<u8>>>| {
+                values.map(|values| {
+                    values
+                        .iter()
+                        .map(|value| readable(topic, value))
+                        .collect::<Vec<_>>()
+                })
+            };
             assert_eq!(
-                got.get(key),
-                Some(values),
+                shown(got.get(key)),
+                shown(Some(values)),
                 "{topic}: outputs for key {:?}",
                 key.as_deref().map(String::from_utf8_lossy)
             );
@@ -367,6 +375,24 @@ pub fn assert_same(actual: &Outcome, expected: &Outcome) {
     for (a, e) in actual.orders.iter().zip(&expected.orders) {
         assert_eq!(a, e, "state of order {}", e.order_id);
     }
+}
+
+/// An output record as its decoded value, so a failed comparison says what differs.
+fn readable(topic: &str, value: &[u8]) -> String {
+    let codec = Codec::new().unwrap();
+    let decoded = match topic {
+        topics::RESERVATION_EXPIRY => codec
+            .decode::<ReservationExpired>(value)
+            .map(|v| format!("{v:?}")),
+        topics::TRACKING_STATUS => codec
+            .decode::<TrackingStatus>(value)
+            .map(|v| format!("{v:?}")),
+        topics::OVERSELL_ALERTS => codec
+            .decode::<OversellAlert>(value)
+            .map(|v| format!("{v:?}")),
+        _ => return format!("{value:?}"),
+    };
+    decoded.unwrap_or_else(|e| format!("undecodable ({e}): {value:?}"))
 }
 
 /// Produces the workload to the config's topics, each record framed by
