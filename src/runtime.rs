@@ -1234,9 +1234,22 @@ impl Engine {
             }
         }
         // One round's outputs, at most `batch_records` per task, go out together.
+        let sent = !out.is_empty();
         self.produce(&mut out)?;
-        if total > 0 {
+        // Watermarks alone (an idle instance's every second) leave nothing to commit, except
+        // under `exactly_once` (what was sent stays invisible until its transaction commits)
+        // and once a SKU task has read a whole batch of them: a reopened task reads again
+        // what it read since its last commit, and that must stay bounded.
+        if order_records > 0
+            || self
+                .sku
+                .values()
+                .any(|s| s.task.changed_since_commit() || s.processed_since_commit >= limit)
+            || (self.transactional && sent)
+        {
             self.dirty = true;
+        }
+        if total > 0 {
             self.status
                 .order_records
                 .fetch_add(order_records, Ordering::Relaxed);
@@ -1346,8 +1359,17 @@ impl Engine {
                 continue;
             };
             if idle && slot.processed_since_commit == 0 && slot.task.meta().stream_time < now {
+                let fired = out.len();
                 slot.task.advance_to(now, &mut out)?;
-                self.dirty = true;
+                if out.len() > fired || self.transactional {
+                    self.dirty = true;
+                } else {
+                    // Nothing was due: only the watermark moves, and it goes out without a
+                    // commit. An idle instance writes no checkpoint; a restart before the next
+                    // commit advances again from the committed stream time. (Under
+                    // `exactly_once` the watermark is seen only once its transaction commits.)
+                    slot.task.publish_watermark(&mut out)?;
+                }
             }
         }
         self.produce(&mut out)

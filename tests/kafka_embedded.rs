@@ -631,3 +631,37 @@ fn a_record_dated_a_century_ahead_of_its_kafka_timestamp_is_dead_lettered_and_fi
     let detail = broker::header(&dead[0].headers, "detail");
     assert!(detail.contains("limits.future_skew_ms"), "{detail}");
 }
+/// An idle instance commits nothing. With wall-clock advance on and no input, every commit
+/// interval moves each order task's stream time and sends its watermark, and the SKU tasks read
+/// them; none of that is state a restart needs (it advances again from the clock, and a
+/// reopened SKU task reads the watermarks again), so no commit, and no changelog checkpoint,
+/// is written: before, each interval committed every task.
+#[test]
+fn an_idle_instance_commits_nothing() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    config.runtime.wall_clock_advance = true;
+    config.runtime.commit_interval_ms = 100;
+    create_topics(&cluster, &config);
+    let (status, shutdown, live) = spawn_live(&config);
+    // Each advance sends a watermark from each of the 2 order tasks to each of the 2 SKU
+    // tasks: 12 read means the SKU stage has seen three rounds of them.
+    let applied = format!(
+        "orderfold_records_applied_total{{topic=\"{}\"}}",
+        kafka::TopicNames::from_config(&config).sku_commands
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&status, &applied) < 12.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no watermarks reached the SKU stage"
+        );
+        assert!(!live.is_finished(), "the live run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let commits = metric(&status, "orderfold_commit_duration_seconds_count");
+    shutdown.request();
+    live.join().unwrap().unwrap();
+    assert_eq!(commits, 0.0, "an idle instance committed");
+}

@@ -223,6 +223,10 @@ pub struct SkuTask {
     pending_offsets: BTreeSet<i64>,
     /// The next command-topic offset the task expects.
     commands_read_to: i64,
+    /// Something beyond watermarks happened since the last commit: a command or inventory
+    /// record read, applied or dead-lettered. Watermarks alone need no commit (a reopened
+    /// task reads them again), so an idle instance does not write a checkpoint every second.
+    changed: bool,
 }
 
 impl SkuTask {
@@ -270,6 +274,7 @@ impl SkuTask {
             pending: BTreeMap::new(),
             pending_offsets: BTreeSet::new(),
             commands_read_to,
+            changed: false,
         })
     }
 
@@ -450,6 +455,7 @@ impl SkuTask {
             return Ok(());
         }
         self.meta.commands_counted_to = record.offset + 1;
+        self.changed |= !matches!(record.decoded, Ok(SkuStageRecord::Watermark(_)));
         let acc = &mut self.meta.accounting[COMMANDS];
         acc.consumed += 1;
         match record.decoded {
@@ -546,6 +552,7 @@ impl SkuTask {
         out: &mut Vec<OutRecord>,
     ) {
         self.meta.next_offsets[INVENTORY] = record.offset + 1;
+        self.changed = true;
         let acc = &mut self.meta.accounting[INVENTORY];
         acc.consumed += 1;
         if let Err((reason, detail)) = record.decoded {
@@ -590,6 +597,7 @@ impl SkuTask {
     }
 
     fn apply_inventory(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        self.changed = true;
         let Some(record) = self.inventory.pop_front() else {
             return Ok(());
         };
@@ -640,6 +648,7 @@ impl SkuTask {
     }
 
     fn apply_next_command(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        self.changed = true;
         let Some((_, (cmd, offset))) = self.pending.pop_first() else {
             return Ok(());
         };
@@ -690,7 +699,14 @@ impl SkuTask {
     /// Writes the batch's state changes and the task's offsets in one atomic WriteBatch.
     pub fn commit(&mut self) -> Result<(), TaskError> {
         self.settle_commands_offset();
-        Ok(self.db.commit_with_meta(META_KEY, &self.meta)?)
+        self.db.commit_with_meta(META_KEY, &self.meta)?;
+        self.changed = false;
+        Ok(())
+    }
+
+    /// Whether the task has anything to commit beyond watermarks (see `changed`).
+    pub fn changed_since_commit(&self) -> bool {
+        self.changed
     }
 
     /// Puts the task's bookkeeping among the batch's writes, so the changelog sees the batch
@@ -723,6 +739,7 @@ impl SkuTask {
         self.commands_read_to = self.meta.next_offsets[COMMANDS];
         self.inventory.clear();
         self.commands.clear();
+        self.changed = false;
         Ok(())
     }
 
