@@ -80,6 +80,10 @@ pub struct Limits {
     /// Warehouses one SKU may hold stock in; an inventory record naming one more is
     /// dead-lettered (`validation`). The per-warehouse counts are part of the SKU's state value.
     pub warehouses_per_sku_max: usize,
+    /// Records the producer holds before the broker has acknowledged them (librdkafka's
+    /// `queue.buffering.max.messages`). A full queue waits at most
+    /// `runtime.produce_queue_wait_ms` for room.
+    pub producer_queue_records_max: usize,
 }
 
 impl Default for Limits {
@@ -98,6 +102,7 @@ impl Default for Limits {
             dead_letter_bytes_max: 64 * 1024,
             orphans_per_order_max: 100,
             warehouses_per_sku_max: 1_000,
+            producer_queue_records_max: 1_000_000,
         }
     }
 }
@@ -251,6 +256,11 @@ pub struct RuntimeConfig {
     pub poll_timeout_ms: u64,
     /// How long a commit may wait for the broker to acknowledge its outputs.
     pub produce_ack_timeout_ms: u64,
+    /// How long handing a record to a full producer queue may wait for room. Past it the
+    /// batch is dropped and retried after a backoff, as a refused record is: during an outage
+    /// the queue frees only as records time out (`message.timeout.ms`, minutes), and the loop
+    /// must go on polling the group and honouring a shutdown meanwhile.
+    pub produce_queue_wait_ms: u64,
     /// After a failed commit (a refused or unacknowledged record), how long to wait before
     /// processing its batch again from the last commit. Doubles with each failure in a row.
     pub retry_backoff_ms: u64,
@@ -280,6 +290,7 @@ impl Default for RuntimeConfig {
             poll_records_max: 5_000,
             poll_timeout_ms: 100,
             produce_ack_timeout_ms: 30_000,
+            produce_queue_wait_ms: 1_000,
             retry_backoff_ms: 500,
             retry_backoff_max_ms: 30_000,
             shutdown_timeout_ms: 30_000,

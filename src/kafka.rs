@@ -402,7 +402,10 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     c.set("enable.idempotence", "true");
     c.set("linger.ms", "5");
     c.set("batch.num.messages", "10000");
-    c.set("queue.buffering.max.messages", "1000000");
+    c.set(
+        "queue.buffering.max.messages",
+        config.limits.producer_queue_records_max.to_string(),
+    );
     for (k, v) in &config.kafka.properties {
         c.set(k, v);
     }

@@ -321,7 +321,7 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "orderfold_commit_failures_total",
-                    "Commits that failed on the broker's side; each batch was processed again.",
+                    "Batches that failed on the broker's side (a commit, a refused record, a full producer queue, a restore); each was processed again.",
                 )?,
             )?,
             commit_duration: register(

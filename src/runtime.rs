@@ -381,6 +381,8 @@ struct Engine {
     /// Live mode: how often order tasks publish watermarks between commits (None: only at
     /// commits, as bounded runs do, where no one waits on an alert).
     watermark_interval: Option<Duration>,
+    /// `runtime.produce_queue_wait_ms`: the longest a record waits for room in the queue.
+    queue_wait: Duration,
     last_watermarks: Instant,
     last_commit: Instant,
     dirty: bool,
@@ -481,9 +483,17 @@ impl ConsumerContext for GroupContext {
     ) {
         let mut engine = self.engine();
         let result = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => engine
-                .open_tasks(tpl)
-                .and_then(|()| consumer.assign(tpl).map_err(RuntimeError::from)),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => match engine.open_tasks(tpl) {
+                Ok(()) => consumer.assign(tpl).map_err(RuntimeError::from),
+                // A restore the broker failed (it could not be reached, or answered with an
+                // error) is retried as on the reopen path: the partitions are taken, paused,
+                // and their tasks opened again after a backoff (`rewind`, `reopen_due`).
+                Err(e) if engine.retriable(&e) => consumer
+                    .assign(tpl)
+                    .map_err(RuntimeError::from)
+                    .and_then(|()| engine.rewind(consumer, &e)),
+                Err(e) => Err(e),
+            },
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if consumer.assignment_lost() => {
                 // The group already gave these partitions to another member (this one missed
                 // its session or poll deadline): that owner may have restored them, so
@@ -1337,7 +1347,7 @@ impl Engine {
                 record.payload = r.value.as_deref();
                 record.partition = partition;
                 record.headers = kafka::owned_headers(&r.headers);
-                send(&self.producer, record)?;
+                send(&self.producer, record, self.queue_wait)?;
             }
         }
         Ok(())
@@ -1480,8 +1490,9 @@ impl Engine {
         self.produce(&mut out)?;
         // 2.
         let (producer, names) = (&self.producer, &self.names);
+        let wait = self.queue_wait;
         each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
-            send_changelog(producer, names, stage, p, db, cl)
+            send_changelog(producer, wait, names, stage, p, db, cl)
         })?;
         // 3.
         let flush_started = Instant::now();
@@ -1491,7 +1502,7 @@ impl Engine {
         if self.config.state.changelog {
             let acked = producer.context().ends();
             each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
-                send_checkpoint(producer, names, stage, p, db, cl, &acked)
+                send_checkpoint(producer, wait, names, stage, p, db, cl, &acked)
             })?;
             producer.flush(ack_timeout)?;
             producer.context().take_failures()?;
@@ -1831,6 +1842,7 @@ fn each_changelog(
 /// Commit step 2 for one task: the repair of an unfinished tail, then the batch's writes.
 fn send_changelog(
     producer: &BaseProducer<Acks>,
+    wait: Duration,
     names: &TopicNames,
     stage: Stage,
     p: u32,
@@ -1841,7 +1853,7 @@ fn send_changelog(
     for (store, key) in std::mem::take(&mut cl.repair) {
         let value = db.get_raw(store, &key)?;
         let topic = names.changelog(stage, store);
-        send_changelog_record(producer, topic, partition, &key, value.as_deref())?;
+        send_changelog_record(producer, wait, topic, partition, &key, value.as_deref())?;
     }
     for (store, topic) in names.changelogs(stage) {
         // The meta store travels in the checkpoint record.
@@ -1849,7 +1861,7 @@ fn send_changelog(
             continue;
         }
         for (key, value) in db.changes(*store) {
-            send_changelog_record(producer, topic, partition, key, value)?;
+            send_changelog_record(producer, wait, topic, partition, key, value)?;
         }
     }
     Ok(())
@@ -1857,6 +1869,7 @@ fn send_changelog(
 
 fn send_changelog_record(
     producer: &BaseProducer<Acks>,
+    wait: Duration,
     topic: &str,
     partition: i32,
     key: &[u8],
@@ -1867,13 +1880,15 @@ fn send_changelog_record(
     record.key = Some(key);
     record.payload = value.as_deref();
     record.partition = Some(partition);
-    send(producer, record)
+    send(producer, record, wait)
 }
 
 /// Commit step 4 for one task: its checkpoint record, with each changelog's end offset (the
 /// larger of what the task knew and what the acknowledgements prove).
+#[allow(clippy::too_many_arguments)]
 fn send_checkpoint(
     producer: &BaseProducer<Acks>,
+    wait: Duration,
     names: &TopicNames,
     stage: Stage,
     p: u32,
@@ -1904,7 +1919,7 @@ fn send_checkpoint(
     record.key = Some(changelog::CHECKPOINT_KEY);
     record.payload = Some(&value);
     record.partition = Some(partition);
-    send(producer, record)
+    send(producer, record, wait)
 }
 
 /// Whether a partition has been read to the end of `span` (its log start and end offsets):
@@ -1964,15 +1979,21 @@ fn stage_positions(
     Ok(changelog::stage_positions(db, &positions)?)
 }
 
-/// Hands one record to librdkafka, serving delivery reports while its queue is full.
+/// Hands one record to librdkafka, serving delivery reports while its queue is full, for at
+/// most `wait`: a queue still full after it (an outage; it frees only as records time out)
+/// fails the send, which drops the batch for a retry (`Engine::or_retry`).
 fn send(
     producer: &BaseProducer<Acks>,
     mut record: BaseRecord<'_, [u8], [u8], usize>,
+    wait: Duration,
 ) -> Result<(), RuntimeError> {
+    let give_up = Instant::now() + wait;
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                if Instant::now() < give_up =>
+            {
                 record = r;
                 producer.poll(Duration::from_millis(10));
             }
@@ -2186,6 +2207,7 @@ pub fn run_from(
         sku: BTreeMap::new(),
         paused: BTreeSet::new(),
         wall_clock_advance: mode == Mode::Live && config.runtime.wall_clock_advance,
+        queue_wait: Duration::from_millis(config.runtime.produce_queue_wait_ms),
         watermark_interval: (mode == Mode::Live && config.runtime.watermark_interval_ms > 0)
             .then(|| Duration::from_millis(config.runtime.watermark_interval_ms)),
         last_watermarks: Instant::now(),

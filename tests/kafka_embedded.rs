@@ -665,3 +665,83 @@ fn an_idle_instance_commits_nothing() {
     live.join().unwrap().unwrap();
     assert_eq!(commits, 0.0, "an idle instance committed");
 }
+
+/// A producer queue that stays full (the broker answers every write with a retriable error,
+/// which librdkafka retries until `message.timeout.ms`) does not hold the loop: past
+/// `produce_queue_wait_ms` the batch is dropped and retried later, so a shutdown is honoured
+/// at once instead of after the records time out.
+#[test]
+fn a_full_producer_queue_does_not_hold_the_loop() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    config.limits.producer_queue_records_max = 100;
+    config.runtime.produce_queue_wait_ms = 500;
+    config.runtime.shutdown_timeout_ms = 2_000;
+    config
+        .kafka
+        .properties
+        .insert("message.timeout.ms".into(), "300000".into());
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(59, 300);
+    produce(&config, &records);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+    let (status, shutdown, live) = spawn_live(&config);
+    // The outputs of the first records fill the queue; the retry that follows shows the loop
+    // went on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&status, "orderfold_commit_failures_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the loop is held by the full queue"
+        );
+        assert!(!live.is_finished(), "the live run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shutdown.request();
+    let asked = Instant::now();
+    while !live.is_finished() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "the shutdown waited for the full queue"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    // Nothing was lost: a run after the outage produces every output.
+    let _ = live.join().unwrap();
+    run_until_end(&config).unwrap();
+    broker::assert_matches_driver(&records, &config, 2, 2, true);
+}
+
+/// A restore that fails during an assignment (the broker answers the changelog's end-offset
+/// question with an error once) is retried after a backoff, as the same failure is when a
+/// failed batch reopens its tasks: the instance then processes its input. Before, the error
+/// ended the run.
+#[test]
+fn a_restore_that_fails_during_an_assignment_is_retried() {
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = broker::config(&cluster.bootstrap_servers(), state.path(), 2, 2);
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(61, 300);
+    produce(&config, &records);
+    // The first end-offset questions of a live run are its restores'.
+    cluster.request_errors(
+        RDKafkaApiKey::ListOffsets,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
+    );
+    let (status, shutdown, live) = spawn_live(&config);
+    wait_processed(&status, broker::order_stage_records(&records), &live);
+    assert!(
+        metric(&status, "orderfold_commit_failures_total") >= 1.0,
+        "the restore never failed: the test shows nothing"
+    );
+    shutdown.request();
+    live.join().unwrap().expect("the live run stops cleanly");
+    run_until_end(&config).unwrap();
+    broker::assert_matches_driver(&records, &config, 2, 2, true);
+}
