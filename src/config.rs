@@ -311,6 +311,10 @@ pub struct HttpConfig {
     pub bind: String,
     /// Answer `/state/sku/{sku}` and `/state/order/{order_id}`. Off: they answer 404.
     pub state_queries: bool,
+    /// Most reservations one `/state/sku/{sku}` answer holds (and how many it holds unless
+    /// `?limit=` asks for fewer); `?after=` with the answer's `next_after` reads the next page.
+    /// A hot SKU can hold hundreds of thousands: unpaged, one request would build them all.
+    pub state_page_records_max: usize,
     /// `/healthz` fails once the poll loop has not gone round for this long. Above
     /// `runtime.produce_ack_timeout_ms`, because a commit may wait that long for the broker.
     pub stall_after_ms: u64,
@@ -321,6 +325,7 @@ impl Default for HttpConfig {
         HttpConfig {
             bind: "127.0.0.1:9464".into(),
             state_queries: true,
+            state_page_records_max: 1_000,
             stall_after_ms: 60_000,
         }
     }

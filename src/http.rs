@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::HttpConfig;
 use crate::query::Answer;
@@ -24,6 +24,7 @@ pub const PARTITION_HEADER: &str = "x-orderfold-partition";
 struct Served {
     status: Arc<Status>,
     state_queries: bool,
+    state_page_records_max: usize,
     stall_after: Duration,
 }
 
@@ -47,6 +48,7 @@ pub async fn serve(
     let served = Served {
         status,
         state_queries: config.state_queries,
+        state_page_records_max: config.state_page_records_max.max(1),
         stall_after: Duration::from_millis(config.stall_after_ms),
     };
     let app = Router::new()
@@ -154,12 +156,104 @@ fn answer<T: Serialize>(
         .into_response()
 }
 
-async fn sku(State(s): State<Served>, Path(sku): Path<String>) -> Response {
-    let status = s.status.clone();
-    answer(&s, &sku, || status.queries.sku(&sku))
+/// `?limit=&after=` of `/state/sku/{sku}`: at most `limit` reservations (capped at
+/// `http.state_page_records_max`, which is also the default), those after order id `after`.
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn sku(
+    State(s): State<Served>,
+    Path(sku): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    let max = s.state_page_records_max;
+    let limit = page.limit.unwrap_or(max).clamp(1, max);
+    off_worker(move || {
+        let queries = &s.status.queries;
+        answer(&s, &sku, || queries.sku(&sku, page.after.as_deref(), limit))
+    })
+    .await
 }
 
 async fn order(State(s): State<Served>, Path(order_id): Path<String>) -> Response {
-    let status = s.status.clone();
-    answer(&s, &order_id, || status.queries.order(&order_id))
+    off_worker(move || answer(&s, &order_id, || s.status.queries.order(&order_id))).await
+}
+
+/// Runs a state query on tokio's blocking pool: RocksDB reads must not hold the server's
+/// worker, which also answers `/metrics` and the probes.
+async fn off_worker(query: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(query)
+        .await
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::state::Stage;
+    use std::io::{Read, Write};
+
+    fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `/state/sku/{sku}` answers a page: at most `http.state_page_records_max` reservations,
+    /// fewer with `?limit=`, and `?after=` with the answer's `next_after` reads on.
+    #[test]
+    fn the_sku_query_answers_a_page_and_its_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::stage::sku::hot_sku_db(dir.path(), "A", 25);
+        let status = Arc::new(Status::new(Metrics::new(true).unwrap()));
+        status.queries.set_layout(1, 1);
+        status.queries.add(Stage::Sku, 0, db.reader());
+        let config = HttpConfig {
+            bind: "127.0.0.1:0".into(),
+            state_page_records_max: 20,
+            ..HttpConfig::default()
+        };
+        let listener = bind(&config).unwrap().unwrap();
+        let addr = listener.local_addr().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move { serve(listener, &config, status).await });
+
+        let reservations = |v: &serde_json::Value| v["reservations"].as_object().unwrap().len();
+        let (code, first) = get(addr, "/state/sku/A");
+        assert_eq!(code, 200);
+        assert_eq!(reservations(&first), 20, "the page is capped by the config");
+        assert_eq!(first["next_after"], "o-00019");
+        let (_, rest) = get(addr, "/state/sku/A?after=o-00019");
+        assert_eq!(reservations(&rest), 5);
+        assert!(
+            rest.get("next_after").is_none(),
+            "the last page names no successor"
+        );
+        let (_, small) = get(addr, "/state/sku/A?limit=3&after=o-00010");
+        let keys: Vec<&String> = small["reservations"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["o-00011", "o-00012", "o-00013"]);
+        assert_eq!(small["next_after"], "o-00013");
+        let (code, _) = get(addr, "/state/sku/A?limit=many");
+        assert_eq!(code, 400, "a limit that is not a number is refused");
+        runtime.shutdown_background();
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 
 use crate::partition::partition_for_key;
 use crate::stage::order::{self as order_stage, OrderView};
-use crate::stage::sku::{self as sku_stage, SkuView};
+use crate::stage::sku::{self as sku_stage, SkuPage};
 use crate::stage::TaskError;
 use crate::state::{Stage, TaskDb};
 
@@ -71,13 +71,20 @@ impl Queries {
         open.sku.clear();
     }
 
-    pub fn sku(&self, sku: &str) -> Result<Answer<SkuView>, TaskError> {
+    /// A page of the SKU's view: at most `limit` reservations, those after order id `after`.
+    /// The read lock (which a rebalance's `clear` waits for) is held for that page only.
+    pub fn sku(
+        &self,
+        sku: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Answer<SkuPage>, TaskError> {
         let open = self.open.read().unwrap_or_else(|e| e.into_inner());
         let partition = partition_for_key(sku.as_bytes(), open.sku_partitions);
         let Some(db) = open.sku.get(&partition) else {
             return Ok(Answer::Elsewhere { partition });
         };
-        Ok(match sku_stage::sku_view(db, sku)? {
+        Ok(match sku_stage::sku_page(db, sku, after, limit)? {
             Some(view) => Answer::Found(view),
             None => Answer::Missing { partition },
         })

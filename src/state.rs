@@ -378,6 +378,35 @@ impl TaskDb {
         Ok(merged.into_iter().collect())
     }
 
+    /// Up to `limit` committed entries of `store` whose key starts with `prefix` and lies after
+    /// `prefix` + `after` (from the prefix's first if None), in key order. What a page of a
+    /// state query reads: it holds no more than it returns.
+    pub fn committed_prefix_page(
+        &self,
+        store: Store,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StateError> {
+        let from = [prefix, after.unwrap_or_default()].concat();
+        let iter = self.db.iterator_cf(
+            self.cf(store)?,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if after.is_some() && *k == *from {
+                continue;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// How many entries `store` holds as this task sees them now, counted without holding
     /// them: a bounded run's report counts a million reservations this way.
     pub fn count(&self, store: Store) -> Result<u64, StateError> {

@@ -23,7 +23,7 @@ use crate::fold::sku::{self as rules, Reservation, Sku};
 use crate::merge::{self, SkuNext};
 use crate::sink::{DeadLetterReason, Origin, OutRecord, OutTopic};
 use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
-use crate::state::{key, StateOptions, Store, TaskDb};
+use crate::state::{key, KeyValue, StateError, StateOptions, Store, TaskDb};
 use crate::validate::{self, Bounds};
 
 pub const INVENTORY: usize = 0;
@@ -164,23 +164,76 @@ pub struct SkuView {
     pub reservations: BTreeMap<String, Reservation>,
 }
 
-/// One SKU's view as `db` holds it: what `inspect sku` prints and `/state/sku/{sku}` answers.
+/// A page of one SKU's view: its numbers, and its reservations after a given order id, at most
+/// a page's worth. `next_after` is the order id to ask after for the next page (absent on the
+/// last one, so a SKU that fits one page reads exactly as `inspect sku` prints it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkuPage {
+    #[serde(flatten)]
+    pub view: SkuView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// One SKU's view as `db` holds it, every reservation: what `inspect sku` prints.
 pub fn sku_view(db: &TaskDb, sku: &str) -> Result<Option<SkuView>, TaskError> {
+    let mut prefix = Vec::new();
+    key::push_str(&mut prefix, sku);
+    let reservations = |db: &TaskDb| db.scan_prefix(Store::Reservations, &prefix);
+    sku_view_of(db, sku, &prefix, reservations)
+}
+
+/// One page of a SKU's view, reading at most `limit` reservations (those after order id
+/// `after`) from committed state: what `/state/sku/{sku}` answers. A SKU with a million
+/// reservations costs a query no more than a page.
+pub fn sku_page(
+    db: &TaskDb,
+    sku: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Option<SkuPage>, TaskError> {
+    let mut prefix = Vec::new();
+    key::push_str(&mut prefix, sku);
+    let after = after.map(str::as_bytes);
+    // One more than the page says whether another page follows.
+    let page = |db: &TaskDb| {
+        db.committed_prefix_page(Store::Reservations, &prefix, after, limit.saturating_add(1))
+    };
+    let Some(mut view) = sku_view_of(db, sku, &prefix, page)? else {
+        return Ok(None);
+    };
+    let next_after = if view.reservations.len() > limit {
+        view.reservations.pop_last();
+        view.reservations.keys().next_back().cloned()
+    } else {
+        None
+    };
+    Ok(Some(SkuPage { view, next_after }))
+}
+
+fn sku_view_of(
+    db: &TaskDb,
+    sku: &str,
+    prefix: &[u8],
+    reservations: impl FnOnce(&TaskDb) -> Result<Vec<KeyValue>, StateError>,
+) -> Result<Option<SkuView>, TaskError> {
     let Some(state) = db.get::<Sku>(Store::Skus, sku.as_bytes())? else {
         return Ok(None);
     };
-    let mut prefix = Vec::new();
-    key::push_str(&mut prefix, sku);
-    let reservations = db
-        .scan_typed::<StoredReservation>(Store::Reservations, &prefix)?
+    let reservations = reservations(db)?
         .into_iter()
-        .map(|(k, r)| {
-            (
+        .map(|(k, v)| {
+            let r: StoredReservation =
+                postcard::from_bytes(&v).map_err(|source| StateError::Corrupt {
+                    store: Store::Reservations.name(),
+                    source,
+                })?;
+            Ok((
                 String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
                 r.reservation,
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_, StateError>>()?;
     Ok(Some(SkuView {
         sku: sku.to_string(),
         on_hand: state.on_hand(),
@@ -817,9 +870,72 @@ impl Input for SkuTask {
     }
 }
 
+/// A SKU task's database holding SKU `sku` with `reservations` active ones (order ids
+/// `o-00000`, `o-00001`, ...) and SKU `{sku}B` with one: what the state-query tests page through.
+#[cfg(test)]
+pub(crate) fn hot_sku_db(dir: &Path, sku: &str, reservations: usize) -> TaskDb {
+    let mut db = TaskDb::open(dir, &Store::SKU_STAGE, &StateOptions::default()).unwrap();
+    let neighbour = format!("{sku}B");
+    for (sku, n) in [(sku, reservations), (neighbour.as_str(), 1)] {
+        let state = Sku {
+            on_hand_by_warehouse: BTreeMap::from([("w1".to_string(), n as i64)]),
+            net_sold: 0,
+            reserved: n as i64,
+        };
+        db.put(Store::Skus, sku.as_bytes().to_vec(), &state)
+            .unwrap();
+        for i in 0..n {
+            let mut k = Vec::new();
+            key::push_str(&mut k, sku);
+            k.extend_from_slice(format!("o-{i:05}").as_bytes());
+            let stored = StoredReservation {
+                reservation: Reservation {
+                    quantity: 1,
+                    status: rules::ReservationStatus::ACTIVE,
+                },
+                applied_kinds: kind_bit(SkuCommandKind::Reserve),
+            };
+            db.put(Store::Reservations, k, &stored).unwrap();
+        }
+    }
+    db.commit().unwrap();
+    db
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SKU's reservations are read a page at a time: each page holds at most its limit and
+    /// names where the next starts, the pages together hold each reservation once, and a
+    /// neighbouring SKU's never appear.
+    #[test]
+    fn a_hot_skus_reservations_are_read_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = hot_sku_db(dir.path(), "A", 25).reader();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = sku_page(&db, "A", after.as_deref(), 10).unwrap().unwrap();
+            assert!(page.view.reservations.len() <= 10);
+            assert_eq!(
+                page.view.reserved, 25,
+                "the numbers are the SKU's, not the page's"
+            );
+            seen.extend(page.view.reservations.keys().cloned());
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let all: Vec<String> = (0..25).map(|i| format!("o-{i:05}")).collect();
+        assert_eq!(seen, all);
+        // A SKU that fits one page reads as the whole view does.
+        let whole = sku_page(&db, "AB", None, 10).unwrap().unwrap();
+        assert_eq!(whole.next_after, None);
+        assert_eq!(Some(whole.view), sku_view(&db, "AB").unwrap());
+        assert!(sku_page(&db, "C", None, 10).unwrap().is_none());
+    }
 
     fn reserve(order: &str, at: Millis) -> SkuCommand {
         SkuCommand {
