@@ -26,7 +26,7 @@ use crate::kafka::{self, Acks, ClientError, InputSlot, Layout, TopicNames};
 use crate::merge;
 use crate::metrics::{self, Metrics, Occurrence, Sent};
 use crate::query::Queries;
-use crate::sink::{OutRecord, OutTopic, Route};
+use crate::sink::{self, DeadLetterReason, Origin, OutRecord, OutTopic, Route};
 use crate::stage::order::{self as order_stage, OrderTask};
 use crate::stage::sku::{self as sku_stage, SkuTask};
 use crate::stage::{Accounting, Input, TaskError};
@@ -1310,7 +1310,19 @@ impl Engine {
     }
 
     /// Hands records to the producer without waiting for acknowledgements; the commit waits.
+    /// A record the producer refuses as too large goes out as its stub (`too_large_stub`).
     fn produce(&self, out: &mut Vec<OutRecord>) -> Result<(), RuntimeError> {
+        let mut stubs = Vec::new();
+        self.produce_or_stub(out, Some(&mut stubs))?;
+        // A stub is small; one refused too is an error like any other.
+        self.produce_or_stub(&mut stubs, None)
+    }
+
+    fn produce_or_stub(
+        &self,
+        out: &mut Vec<OutRecord>,
+        mut stubs: Option<&mut Vec<OutRecord>>,
+    ) -> Result<(), RuntimeError> {
         let (names, partitions) = (&self.names, &self.partitions);
         for r in out.drain(..) {
             let topic: &str = match r.topic {
@@ -1347,7 +1359,19 @@ impl Engine {
                 record.payload = r.value.as_deref();
                 record.partition = partition;
                 record.headers = kafka::owned_headers(&r.headers);
-                send(&self.producer, record, self.queue_wait)?;
+                match (
+                    send(&self.producer, record, self.queue_wait),
+                    stubs.as_deref_mut(),
+                ) {
+                    (Err(e), Some(stubs)) if too_large(&e) => {
+                        let bytes = r.key.as_ref().map_or(0, Vec::len)
+                            + r.value.as_ref().map_or(0, Vec::len);
+                        let kept = self.config.limits.dead_letter_bytes_max;
+                        let key = r.key.as_deref();
+                        stubs.push(too_large_stub(topic, partition, key, bytes, kept));
+                    }
+                    (sent, _) => sent?,
+                }
             }
         }
         Ok(())
@@ -1491,9 +1515,18 @@ impl Engine {
         // 2.
         let (producer, names) = (&self.producer, &self.names);
         let wait = self.queue_wait;
+        let mut stubs = Vec::new();
+        let kept = self.config.limits.dead_letter_bytes_max;
         each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
-            send_changelog(producer, wait, names, stage, p, db, cl)
+            let changelog = Changelog {
+                producer,
+                wait,
+                names,
+                kept,
+            };
+            send_changelog(&changelog, stage, p, db, cl, &mut stubs)
         })?;
+        self.produce(&mut stubs)?;
         // 3.
         let flush_started = Instant::now();
         producer.flush(ack_timeout)?;
@@ -1839,48 +1872,120 @@ fn each_changelog(
     Ok(())
 }
 
-/// Commit step 2 for one task: the repair of an unfinished tail, then the batch's writes.
-fn send_changelog(
-    producer: &BaseProducer<Acks>,
+/// What commit step 2 writes with: the producer, how long a full queue may hold a record,
+/// the topic names, and how much of a key a `too_large` stub keeps.
+struct Changelog<'a> {
+    producer: &'a BaseProducer<Acks>,
     wait: Duration,
-    names: &TopicNames,
+    names: &'a TopicNames,
+    kept: usize,
+}
+
+/// Commit step 2 for one task: the repair of an unfinished tail, then the batch's writes. A
+/// record the producer refuses as too large is not mirrored: its stub joins `stubs`.
+fn send_changelog(
+    to: &Changelog<'_>,
     stage: Stage,
     p: u32,
     db: &TaskDb,
     cl: &mut TaskChangelog,
+    stubs: &mut Vec<OutRecord>,
 ) -> Result<(), RuntimeError> {
     let partition = p as i32;
     for (store, key) in std::mem::take(&mut cl.repair) {
         let value = db.get_raw(store, &key)?;
-        let topic = names.changelog(stage, store);
-        send_changelog_record(producer, wait, topic, partition, &key, value.as_deref())?;
+        let topic = to.names.changelog(stage, store);
+        send_changelog_record(to, topic, partition, &key, value.as_deref(), stubs)?;
     }
-    for (store, topic) in names.changelogs(stage) {
+    for (store, topic) in to.names.changelogs(stage) {
         // The meta store travels in the checkpoint record.
         if *store == Store::Meta {
             continue;
         }
         for (key, value) in db.changes(*store) {
-            send_changelog_record(producer, wait, topic, partition, key, value)?;
+            send_changelog_record(to, topic, partition, key, value, stubs)?;
         }
     }
     Ok(())
 }
 
 fn send_changelog_record(
-    producer: &BaseProducer<Acks>,
-    wait: Duration,
+    to: &Changelog<'_>,
     topic: &str,
     partition: i32,
     key: &[u8],
     value: Option<&[u8]>,
+    stubs: &mut Vec<OutRecord>,
 ) -> Result<(), RuntimeError> {
     let value = changelog::encode_value(value);
     let mut record: BaseRecord<[u8], [u8], usize> = BaseRecord::with_opaque_to(topic, 0);
     record.key = Some(key);
     record.payload = value.as_deref();
     record.partition = Some(partition);
-    send(producer, record, wait)
+    match send(to.producer, record, to.wait) {
+        Err(e) if too_large(&e) => {
+            let bytes = key.len() + value.as_ref().map_or(0, Vec::len);
+            let stub = too_large_stub(topic, Some(partition), Some(key), bytes, to.kept);
+            tracing::warn!(
+                topic,
+                partition,
+                bytes,
+                "a state value is too large for its changelog: not mirrored, so a restore \
+                 elsewhere has its previous value"
+            );
+            stubs.push(stub);
+            Ok(())
+        }
+        sent => sent,
+    }
+}
+
+/// Whether the producer refused a record at once as larger than its `message.max.bytes`.
+fn too_large(e: &RuntimeError) -> bool {
+    matches!(
+        e,
+        RuntimeError::Send {
+            error: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+            ..
+        }
+    )
+}
+
+/// The dead letter that stands for a record the producer refuses as larger than its
+/// `message.max.bytes`. Refused the same way on every retry, the record would hold its batch,
+/// and the instance, for good. Reason `validation` (the contract's four reasons stay the only
+/// ones) with header `stub` = `too_large`; headers `topic` and `partition` say where it was
+/// going, `record_bytes` how big it was, and the detail both; the key is kept (cut to
+/// `dead_letter_bytes_max`), the value is not. The same record makes the same stub on a retry.
+fn too_large_stub(
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    bytes: usize,
+    kept_bytes_max: usize,
+) -> OutRecord {
+    let origin = Origin {
+        topic: topic.to_string(),
+        partition: partition.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        offset: -1,
+    };
+    let detail = format!(
+        "a record of {bytes} bytes for {topic} is larger than the producer's message.max.bytes; \
+         not written"
+    );
+    let mut stub = sink::dead_letter(
+        DeadLetterReason::Validation,
+        &detail,
+        &origin,
+        key.map(<[u8]>::to_vec),
+        None,
+        kept_bytes_max,
+    );
+    stub.headers.extend([
+        ("stub".into(), b"too_large".to_vec()),
+        ("record_bytes".into(), bytes.to_string().into_bytes()),
+    ]);
+    stub
 }
 
 /// Commit step 4 for one task: its checkpoint record, with each changelog's end offset (the

@@ -346,11 +346,16 @@ pub fn assert_same(actual: &Outcome, expected: &Outcome) {
             "{topic}: number of keys with outputs"
         );
         for (key, values) in want {
+            if got.get(key) == Some(values) {
+                continue;
+            }
+            // Decoded only for the failure message.
+            let codec = Codec::new().unwrap();
             let shown = |values: Option<&Vec<Vec<u8>>>| {
                 values.map(|values| {
                     values
                         .iter()
-                        .map(|value| readable(topic, value))
+                        .map(|value| readable(&codec, topic, value))
                         .collect::<Vec<_>>()
                 })
             };
@@ -378,8 +383,7 @@ pub fn assert_same(actual: &Outcome, expected: &Outcome) {
 }
 
 /// An output record as its decoded value, so a failed comparison says what differs.
-fn readable(topic: &str, value: &[u8]) -> String {
-    let codec = Codec::new().unwrap();
+fn readable(codec: &Codec, topic: &str, value: &[u8]) -> String {
     let decoded = match topic {
         topics::RESERVATION_EXPIRY => codec
             .decode::<ReservationExpired>(value)
