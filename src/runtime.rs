@@ -1514,17 +1514,15 @@ impl Engine {
         self.produce(&mut out)?;
         // 2.
         let (producer, names) = (&self.producer, &self.names);
-        let wait = self.queue_wait;
+        let to = Changelog {
+            producer,
+            wait: self.queue_wait,
+            names,
+            kept: self.config.limits.dead_letter_bytes_max,
+        };
         let mut stubs = Vec::new();
-        let kept = self.config.limits.dead_letter_bytes_max;
         each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
-            let changelog = Changelog {
-                producer,
-                wait,
-                names,
-                kept,
-            };
-            send_changelog(&changelog, stage, p, db, cl, &mut stubs)
+            send_changelog(&to, stage, p, db, cl, &mut stubs)
         })?;
         self.produce(&mut stubs)?;
         // 3.
@@ -1535,7 +1533,7 @@ impl Engine {
         if self.config.state.changelog {
             let acked = producer.context().ends();
             each_changelog(&mut self.order, &mut self.sku, |stage, p, db, cl| {
-                send_checkpoint(producer, wait, names, stage, p, db, cl, &acked)
+                send_checkpoint(&to, stage, p, db, cl, &acked)
             })?;
             producer.flush(ack_timeout)?;
             producer.context().take_failures()?;
@@ -1872,8 +1870,8 @@ fn each_changelog(
     Ok(())
 }
 
-/// What commit step 2 writes with: the producer, how long a full queue may hold a record,
-/// the topic names, and how much of a key a `too_large` stub keeps.
+/// What commit steps 2 and 4 write with: the producer, how long a full queue may hold a
+/// record, the topic names, and how much of a key a `too_large` stub keeps.
 struct Changelog<'a> {
     producer: &'a BaseProducer<Acks>,
     wait: Duration,
@@ -1990,11 +1988,8 @@ fn too_large_stub(
 
 /// Commit step 4 for one task: its checkpoint record, with each changelog's end offset (the
 /// larger of what the task knew and what the acknowledgements prove).
-#[allow(clippy::too_many_arguments)]
 fn send_checkpoint(
-    producer: &BaseProducer<Acks>,
-    wait: Duration,
-    names: &TopicNames,
+    to: &Changelog<'_>,
     stage: Stage,
     p: u32,
     db: &TaskDb,
@@ -2003,7 +1998,7 @@ fn send_checkpoint(
 ) -> Result<(), RuntimeError> {
     let partition = p as i32;
     let mut ends = BTreeMap::new();
-    for (store, topic) in names.changelogs(stage) {
+    for (store, topic) in to.names.changelogs(stage) {
         if *store == Store::Meta {
             continue;
         }
@@ -2020,11 +2015,11 @@ fn send_checkpoint(
     };
     let value = postcard::to_stdvec(&checkpoint).map_err(StateError::Encode)?;
     let mut record: BaseRecord<[u8], [u8], usize> =
-        BaseRecord::with_opaque_to(names.changelog(stage, Store::Meta), 0);
+        BaseRecord::with_opaque_to(to.names.changelog(stage, Store::Meta), 0);
     record.key = Some(changelog::CHECKPOINT_KEY);
     record.payload = Some(&value);
     record.partition = Some(partition);
-    send(producer, record, wait)
+    send(to.producer, record, to.wait)
 }
 
 /// Whether a partition has been read to the end of `span` (its log start and end offsets):
