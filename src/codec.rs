@@ -104,6 +104,10 @@ impl RecordKind {
     }
 }
 
+/// Earlier versions of orderfold's own internal schemas, still read: a record written by the
+/// version before an upgrade may be in flight when the new one starts.
+const PREVIOUS_SCHEMAS: [&str; 1] = [include_str!("../schemas/previous/SkuCommand.1.avsc")];
+
 macro_rules! avro_record {
     ($($ty:ident),+) => { $(impl AvroRecord for $ty { const KIND: RecordKind = RecordKind::$ty; })+ };
 }
@@ -377,7 +381,8 @@ impl Codec {
             registry: None,
             output_ids: HashMap::new(),
         };
-        for text in writer_schemas {
+        let previous = PREVIOUS_SCHEMAS.iter().copied();
+        for text in previous.chain(writer_schemas.iter().map(String::as_str)) {
             let (fp, schema) = id_schema(&codec, text)?;
             let legacy = legacy_fingerprint(
                 &Schema::parse_str(text).map_err(|e| schema_error("writer schema", e))?,

@@ -20,6 +20,13 @@ pub struct Rules {
     /// How long an event id is remembered for dedup, in stream time. 7 days outlives any
     /// producer retry and any sane redelivery after an outage.
     pub dedup_retention_ms: Millis,
+    /// How long an order id's state (order, tracking, SKU reservations) is kept, in stream
+    /// time, after its last change left it final: delivered or returned and paid, cancelled,
+    /// expired or payment failed, or a tracking-only id delivered or returned. Then it is
+    /// forgotten, with tombstones on the changelogs, and a later event for it is an event for
+    /// an unknown order. 30 days outlives returns and chargeback disputes of an ordinary shop
+    /// while bounding disk, changelogs and restore time. 0 keeps everything.
+    pub final_retention_ms: Millis,
 }
 
 impl Default for Rules {
@@ -28,6 +35,7 @@ impl Default for Rules {
             reservation_ttl_ms: 5 * 60 * 1000,
             orphan_ttl_ms: 60 * 60 * 1000,
             dedup_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            final_retention_ms: 30 * 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -47,6 +55,10 @@ pub struct Limits {
     pub pending_commands_max: usize,
     /// Expired dedup ids dropped per commit, so one commit after a long pause stays short.
     pub dedup_purge_per_commit_max: usize,
+    /// Retention deadlines (`rules.final_retention_ms`) an order task holds in memory: the
+    /// earliest ones, read from its `retention` store a window at a time. The store holds a
+    /// month of final orders; memory holds only the next ones due.
+    pub forget_timers_cached_max: usize,
     /// Changelog records a restore applies per RocksDB WriteBatch.
     pub restore_batch_records_max: usize,
     /// Largest input record value read; a larger one is dead-lettered (`validation`) without
@@ -93,6 +105,7 @@ impl Default for Limits {
             commit_records_max: 10_000,
             pending_commands_max: 200_000,
             dedup_purge_per_commit_max: 10_000,
+            forget_timers_cached_max: 10_000,
             restore_batch_records_max: 20_000,
             record_bytes_max: 64 * 1024,
             order_lines_max: 100,
@@ -527,7 +540,11 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let r = &self.rules;
-        if r.reservation_ttl_ms < 0 || r.orphan_ttl_ms < 0 || r.dedup_retention_ms < 0 {
+        if r.reservation_ttl_ms < 0
+            || r.orphan_ttl_ms < 0
+            || r.dedup_retention_ms < 0
+            || r.final_retention_ms < 0
+        {
             return Err(ConfigError::Invalid(
                 "rule durations must not be negative".into(),
             ));
@@ -545,6 +562,7 @@ impl Config {
             || l.dead_letter_bytes_max == 0
             || l.orphans_per_order_max == 0
             || l.warehouses_per_sku_max == 0
+            || l.forget_timers_cached_max == 0
             || self.topics.replication_factor == 0
             || self.topics.min_insync_replicas == 0
             || self.state.memory_budget_bytes == 0

@@ -276,6 +276,8 @@ pub enum SkuCommandKind {
     Commit,
     Release,
     Restock,
+    /// The order was forgotten (`rules.final_retention_ms`): drop its reservation.
+    Forget,
 }
 
 impl SkuCommandKind {
@@ -285,6 +287,7 @@ impl SkuCommandKind {
             SkuCommandKind::Commit => "Commit",
             SkuCommandKind::Release => "Release",
             SkuCommandKind::Restock => "Restock",
+            SkuCommandKind::Forget => "Forget",
         }
     }
 }

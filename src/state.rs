@@ -32,6 +32,9 @@ pub enum Store {
     Timers,
     /// (topic rank, event id) -> first-seen stream time.
     Dedup,
+    /// When final order ids are forgotten: ('d', deadline, order_id) -> () and, for the
+    /// deadline that counts, ('a', order_id) -> deadline.
+    Retention,
     /// sku -> Sku totals.
     Skus,
     /// (sku, order_id) -> Reservation.
@@ -47,18 +50,20 @@ impl Store {
             Store::Orphans => "orphans",
             Store::Timers => "timers",
             Store::Dedup => "dedup",
+            Store::Retention => "retention",
             Store::Skus => "skus",
             Store::Reservations => "reservations",
         }
     }
 
-    pub const ORDER_STAGE: [Store; 6] = [
+    pub const ORDER_STAGE: [Store; 7] = [
         Store::Meta,
         Store::Orders,
         Store::Tracking,
         Store::Orphans,
         Store::Timers,
         Store::Dedup,
+        Store::Retention,
     ];
 
     pub const SKU_STAGE: [Store; 4] = [Store::Meta, Store::Skus, Store::Reservations, Store::Dedup];
@@ -405,6 +410,46 @@ impl TaskDb {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The first `limit` keys of `store` that start with `prefix` and are at or after `from`,
+    /// in key order, as this task sees them now (its uncommitted writes included). Reads no
+    /// more committed entries than it returns, and the overlay once.
+    pub fn keys_from(
+        &self,
+        store: Store,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StateError> {
+        let overlay = self.overlay.get(&store);
+        let mut keys = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(store)?,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(prefix) || keys.len() >= limit {
+                break;
+            }
+            // The overlay's own entry for the key, put or delete, is the one that counts.
+            if overlay.is_some_and(|o| o.contains_key(&*k)) {
+                continue;
+            }
+            keys.push(k.to_vec());
+        }
+        if let Some(overlay) = overlay {
+            keys.extend(
+                overlay
+                    .iter()
+                    .filter(|(k, v)| v.is_some() && k.starts_with(prefix) && k.as_slice() >= from)
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        keys.sort_unstable();
+        keys.truncate(limit);
+        Ok(keys)
     }
 
     /// How many entries `store` holds as this task sees them now, counted without holding

@@ -1164,3 +1164,96 @@ fn configured_writer_schemas_are_read_by_resolution_and_incompatible_or_unknown_
         (TrackingCode::IN_TRANSIT, T0 + 3, None)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retention (rules.final_retention_ms): final order ids are forgotten
+// ---------------------------------------------------------------------------------------------
+
+const DAY: Millis = 24 * 60 * 60 * 1000;
+
+fn with_retention(retention_ms: Millis) -> Scenario {
+    let mut config = Config::default();
+    config.rules.final_retention_ms = retention_ms;
+    Scenario::with(1, config)
+}
+
+/// A retention of stream time after the last change that left an id final, its order, its
+/// tracking and its reservations are gone; an id still open, or changed since, is kept; a later
+/// payment for a forgotten order is parked as for an unknown one.
+#[test]
+fn retention_forgets_final_orders_a_retention_after_their_last_change() {
+    let mut s = with_retention(DAY);
+    s.stock("A", "wh1", 10, T0);
+    // Cancelled before payment: final at T0 + 1.
+    s.place("cancelled", &[("A", 2)], T0);
+    s.cancel("cancelled", T0 + 1);
+    // Paid and delivered: final at T0 + 4.
+    s.place("delivered", &[("A", 1)], T0 + 2);
+    s.capture("delivered", T0 + 3);
+    s.scan("delivered", TrackingCode::DELIVERED, T0 + 4, None);
+    // Paid and never shipped: never final.
+    s.place("paid", &[("A", 1)], T0 + 5);
+    s.capture("paid", T0 + 6);
+    // Tracking without an order, delivered: final at T0 + 7.
+    s.scan("parcel", TrackingCode::DELIVERED, T0 + 7, None);
+    // Delivered, then returned half a day later: the return starts the retention again.
+    s.place("returned", &[("A", 1)], T0 + 8);
+    s.capture("returned", T0 + 9);
+    s.scan("returned", TrackingCode::DELIVERED, T0 + 10, None);
+    s.scan("returned", TrackingCode::RETURNED, T0 + DAY / 2, None);
+    // Stream time passes every deadline but the return's.
+    s.stock("B", "wh1", 1, T0 + DAY + 100);
+    s.capture("cancelled", T0 + DAY + 200);
+    s.finish();
+
+    for gone in ["cancelled", "delivered", "parcel"] {
+        assert_eq!(s.driver.order(gone).unwrap(), (None, None), "{gone}");
+    }
+    assert_eq!(s.order("paid").status, OrderStatus::PAID);
+    assert_eq!(s.order("returned").status, OrderStatus::PAID);
+    assert!(s.tracking("returned").is_some());
+    let a = s.sku("A");
+    assert_eq!(
+        a.reservations.keys().collect::<Vec<_>>(),
+        ["paid", "returned"],
+        "the forgotten orders' reservations are gone"
+    );
+    // Forgetting moves no stock: 10 received, 3 sold.
+    assert_eq!((a.on_hand, a.reserved, a.available), (7, 0, 7));
+    // The capture of the forgotten order waits for an OrderPlaced, as for an unknown order.
+    let payments = s.accounting(topics::PAYMENTS);
+    assert_eq!(payments.parked, 1, "{payments:?}");
+    let forgets = s
+        .driver
+        .records(topics::SKU_COMMANDS)
+        .into_iter()
+        .filter_map(|r| {
+            s.driver
+                .codec()
+                .decode::<SkuCommand>(r.value.as_deref()?)
+                .ok()
+        })
+        .filter(|c| c.kind == SkuCommandKind::Forget)
+        .map(|c| (c.order_id, c.occurred_at))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        forgets,
+        [
+            ("cancelled".to_string(), T0 + 1 + DAY + 1),
+            ("delivered".to_string(), T0 + 4 + DAY + 1)
+        ]
+    );
+}
+
+/// With `final_retention_ms = 0` nothing is forgotten, however far stream time moves.
+#[test]
+fn retention_of_zero_keeps_everything() {
+    let mut s = with_retention(0);
+    s.stock("A", "wh1", 10, T0);
+    s.place("cancelled", &[("A", 2)], T0);
+    s.cancel("cancelled", T0 + 1);
+    s.stock("B", "wh1", 1, T0 + 365 * DAY);
+    s.finish();
+    assert_eq!(s.order("cancelled").status, OrderStatus::CANCELLED);
+    assert_eq!(status_of(&s, "A", "cancelled"), Some(RELEASED));
+}

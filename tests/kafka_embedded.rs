@@ -192,6 +192,55 @@ fn a_task_without_local_state_restores_it_from_the_changelogs() {
     broker::assert_matches_driver(&records, &config, 2, 2, false);
 }
 
+/// Final orders forgotten (`rules.final_retention_ms`) leave tombstones on the changelogs: an
+/// instance restored on an empty disk does not bring them back and equals the driver, which
+/// forgets the same ones.
+#[test]
+fn forgotten_orders_leave_tombstones_and_stay_forgotten_after_a_restore() {
+    use orderfold::state::{Stage, Store};
+    let cluster = MockCluster::new(1).unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), first.path(), 2, 2);
+    config.limits.commit_records_max = 1_000;
+    // The workload places 1,000 orders a second: most are final well within its span.
+    config.rules.final_retention_ms = 1_000;
+    create_topics(&cluster, &config);
+    let (_, records) = broker::workload(29, 2_000);
+    produce(&config, &records);
+    run_until_end(&config).unwrap();
+
+    let changelogs = orderfold::changelog::topics(&config, Stage::Order);
+    for store in [Store::Orders, Store::Tracking] {
+        let (_, topic) = changelogs.iter().find(|(s, _)| *s == store).unwrap();
+        let log = kafka::read_to_end(&config, topic).unwrap();
+        let tombstones = log.iter().filter(|r| r.value.is_none()).count();
+        assert!(
+            tombstones > 0,
+            "{topic}: no tombstone among {} records",
+            log.len()
+        );
+    }
+    let placed = records
+        .iter()
+        .filter(|r| r.topic == orderfold::driver::topics::ORDERS)
+        .filter_map(|r| r.key.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let kept = broker::expected(&records, &config, 2, 2).orders.len();
+    assert!(
+        kept < placed / 2,
+        "only {} of {placed} order ids forgotten",
+        placed - kept
+    );
+
+    let second = tempfile::tempdir().unwrap();
+    config.state.dir = second.path().to_path_buf();
+    let report = run_until_end(&config).unwrap();
+    assert_eq!(report.processed_this_run, 0);
+    assert!(report.restore.applied > 0);
+    broker::assert_matches_driver(&records, &config, 2, 2, false);
+}
+
 /// The exactly_once API flow: a transactional producer, offsets sent to each transaction. The
 /// mock cluster accepts the API but does not hide aborted records from readers, so this shows
 /// the flow and the results, not isolation.

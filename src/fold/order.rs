@@ -3,10 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::TrackingCode;
 use crate::event::{
     Millis, OrderEvent, OrderPlaced, ReservationExpired, ReservationLine, SkuCommand,
     SkuCommandKind,
 };
+use crate::fold::tracking::Tracking;
 use crate::fold::Ignored;
 use crate::ids;
 
@@ -206,4 +208,33 @@ pub fn expire(
         expired_at: order.deadline,
         lines: order.lines.clone(),
     })
+}
+
+/// Whether an order id's state is final, so that `rules.final_retention_ms` after its last
+/// change it may be forgotten: nothing expected can still change it. A paid order is final once
+/// its parcel is delivered or returned (a return may still follow a delivery: it is a change,
+/// and the retention starts again); a cancelled, expired or failed order at once (a late
+/// capture of an expired or failed order is a change too); an id with tracking and no order
+/// once the parcel is delivered or returned. An unpaid order never is: its timer is pending.
+pub fn is_final(order: Option<&Order>, tracking: Option<&Tracking>) -> bool {
+    let delivered = tracking
+        .is_some_and(|t| matches!(t.status, TrackingCode::DELIVERED | TrackingCode::RETURNED));
+    match order.map(|o| o.status) {
+        None | Some(OrderStatus::PAID) => delivered,
+        Some(OrderStatus::PENDING_PAYMENT) => false,
+        Some(OrderStatus::PAYMENT_FAILED | OrderStatus::EXPIRED | OrderStatus::CANCELLED) => true,
+    }
+}
+
+/// Forgets an order at retention instant `at`: one Forget per line, stamped `at + 1 ms` like
+/// an expiry's Release, so that every command sent for the order before lies below it.
+pub fn forget(order: &mut Order, at: Millis, out: &mut Vec<SkuCommand>) {
+    let cause = order.placed_event_id.clone();
+    order.command_per_line(
+        SkuCommandKind::Forget,
+        at.saturating_add(1),
+        &cause,
+        None,
+        out,
+    );
 }

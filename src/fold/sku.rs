@@ -54,6 +54,8 @@ pub struct Reservation {
 pub struct CommandEffect {
     pub reservation: Option<Reservation>,
     pub alert: Option<OversellAlert>,
+    /// Forget: the reservation is to be deleted.
+    pub forget: bool,
 }
 
 /// What caused an alert: a SKU command or an inventory record.
@@ -105,7 +107,7 @@ impl<'a> AlertSource<'a> {
     }
 }
 
-/// Applies one Reserve, Commit, Release or Restock to `sku`, given the order's reservation.
+/// Applies one Reserve, Commit, Release, Restock or Forget to `sku`, given the order's reservation.
 pub fn apply_command(
     sku: &mut Sku,
     reservation: Option<Reservation>,
@@ -126,6 +128,7 @@ pub fn apply_command(
                         status: ACTIVE,
                     }),
                     alert: None,
+                    forget: false,
                 }
             } else {
                 CommandEffect {
@@ -139,6 +142,7 @@ pub fn apply_command(
                         cmd.quantity,
                         available_before,
                     )),
+                    forget: false,
                 }
             }
         }
@@ -154,6 +158,7 @@ pub fn apply_command(
                         status: COMMITTED,
                     }),
                     alert: None,
+                    forget: false,
                 }
             }
             // Rejected, released, expired or never reserved: the money is taken, so the unit
@@ -174,6 +179,7 @@ pub fn apply_command(
                         status: COMMITTED,
                     }),
                     alert: oversold,
+                    forget: false,
                 }
             }
         },
@@ -186,6 +192,7 @@ pub fn apply_command(
                         status: RELEASED,
                     }),
                     alert: None,
+                    forget: false,
                 }
             }
             _ => CommandEffect::default(),
@@ -199,9 +206,16 @@ pub fn apply_command(
                         status: RESTOCKED,
                     }),
                     alert: None,
+                    forget: false,
                 }
             }
             _ => CommandEffect::default(),
+        },
+        // The order stage forgets only final orders, whose reservations were settled by
+        // commands stamped before the Forget. One still ACTIVE holds stock: it stays.
+        SkuCommandKind::Forget => CommandEffect {
+            forget: reservation.is_some_and(|r| r.status != ACTIVE),
+            ..CommandEffect::default()
         },
     }
 }

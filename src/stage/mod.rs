@@ -3,6 +3,7 @@
 //! a broker: the Kafka runtime and the broker-free driver both feed it the same way.
 
 pub mod order;
+pub mod retention;
 pub mod sku;
 
 use std::collections::BTreeMap;
@@ -124,7 +125,7 @@ pub(crate) struct Dedup {
     cycle_min: Millis,
 }
 
-fn dedup_key(rank: u8, id: &str) -> Vec<u8> {
+pub(crate) fn dedup_key(rank: u8, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.len());
     k.push(rank);
     k.extend_from_slice(id.as_bytes());

@@ -1,6 +1,7 @@
 //! An order-stage task: partition p of `orders`, `payments` and `logistics`. It owns order,
-//! tracking and orphan state, the reservation timers and the task's stream time, and turns
-//! each record into state changes, outputs and SKU commands for the SKU stage.
+//! tracking and orphan state, the reservation timers, the forgetting of final orders and the
+//! task's stream time, and turns each record into state changes, outputs and SKU commands for
+//! the SKU stage.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
@@ -18,6 +19,7 @@ use crate::fold::tracking::{self, Tracking};
 use crate::fold::Ignored;
 use crate::merge::{self, Head, Next};
 use crate::sink::{DeadLetterReason, Origin, OutRecord, OutTopic, Route};
+use crate::stage::retention::Retention;
 use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, StateOptions, Store, TaskDb};
 use crate::validate::{self, Bounds};
@@ -201,6 +203,8 @@ pub struct OrderTask {
     buffers: [VecDeque<Buffered<OrderInput>>; INPUTS],
     /// Every timer key, mirrored from the `timers` store so the earliest is known at once.
     timers: BTreeSet<Vec<u8>>,
+    /// When final order ids are forgotten: too many to mirror, so read a window at a time.
+    retention: Retention,
     scratch: Vec<SkuCommand>,
 }
 
@@ -247,6 +251,10 @@ impl OrderTask {
             meta,
             buffers: Default::default(),
             timers,
+            retention: Retention::new(
+                config.rules.final_retention_ms,
+                config.limits.forget_timers_cached_max,
+            ),
             scratch: Vec::new(),
         })
     }
@@ -454,7 +462,18 @@ impl OrderTask {
             // Scans and placements never reach here.
             OrderInput::Scan(_) => Ok(()),
         };
+        let applied = result.is_ok();
         self.count(record.rank, result);
+        if applied && self.retention.on() {
+            // Only a paid order's finality depends on its tracking.
+            let tracking = if order.status == OrderStatus::PAID {
+                self.db
+                    .get::<Tracking>(Store::Tracking, order.order_id.as_bytes())?
+            } else {
+                None
+            };
+            self.arm_if_final(&order.order_id, Some(order), tracking.as_ref())?;
+        }
         if was_pending && order.status != OrderStatus::PENDING_PAYMENT {
             self.remove_timer(timer_key(
                 order.deadline,
@@ -581,6 +600,12 @@ impl OrderTask {
         match tracking::scan(current.as_ref(), scan) {
             Ok((next, emitted)) => {
                 self.meta.accounting[LOGISTICS].applied += 1;
+                if self.retention.on() {
+                    let order = self
+                        .db
+                        .get::<Order>(Store::Orders, scan.order_id.as_bytes())?;
+                    self.arm_if_final(&scan.order_id, order.as_ref(), Some(&next))?;
+                }
                 self.db
                     .put(Store::Tracking, scan.order_id.as_bytes().to_vec(), &next)?;
                 if let Some(status) = emitted {
@@ -615,14 +640,29 @@ impl OrderTask {
     }
 
     /// Fires every timer due before an event at `t` (instant D is due when D < t), in
-    /// `(D, kind, order_id)` order: reservation timers before orphan expiries at the same D.
+    /// `(D, kind, order_id)` order: reservation timers before orphan expiries at the same D,
+    /// and retention deadlines after both.
     fn fire_due(&mut self, t: Millis, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
-        while let Some(first) = self.timers.first() {
-            let Some(at) = key::read_time(first) else {
+        loop {
+            let timer_at = self.timers.first().and_then(|k| key::read_time(k));
+            let forget_at = if self.retention.on() {
+                self.retention.next_at(&self.db)?
+            } else {
+                None
+            };
+            // At the same instant the timers fire first.
+            let forget_first = match (timer_at, forget_at) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(at), Some(f)) => f < at,
+            };
+            let next = if forget_first { forget_at } else { timer_at };
+            let Some(at) = next.filter(|at| *at < t) else {
                 break;
             };
-            if at >= t {
-                break;
+            if forget_first {
+                self.forget(out)?;
+                continue;
             }
             let Some(k) = self.timers.pop_first() else {
                 break;
@@ -655,9 +695,56 @@ impl OrderTask {
             ));
             self.db
                 .put(Store::Orders, order_id.as_bytes().to_vec(), &order)?;
+            self.arm_if_final(order_id, Some(&order), None)?;
         }
         self.emit_commands(&mut commands, out)?;
         self.scratch = commands;
+        Ok(())
+    }
+
+    /// After a change to `order_id`'s state: if it left the id final, the id is forgotten a
+    /// retention from now unless something changes it again. `tracking` may be None where it
+    /// cannot matter (any order but a paid one).
+    fn arm_if_final(
+        &mut self,
+        order_id: &str,
+        order: Option<&Order>,
+        tracking: Option<&Tracking>,
+    ) -> Result<(), TaskError> {
+        if self.retention.on() && rules::is_final(order, tracking) {
+            self.retention
+                .arm(&mut self.db, order_id, self.meta.stream_time)?;
+        }
+        Ok(())
+    }
+
+    /// A retention deadline came due. If it is the id's latest and the id is still final, its
+    /// order and tracking are deleted (tombstones on their changelogs) and the SKU stage is
+    /// told to drop the order's reservations; an event for the id is then one for an unknown
+    /// order. An earlier deadline, or an id no longer final, keeps everything.
+    fn forget(&mut self, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        let Some(due) = self.retention.pop(&mut self.db)? else {
+            return Ok(());
+        };
+        if !due.latest {
+            return Ok(());
+        }
+        let id = due.order_id.as_bytes();
+        let order = self.db.get::<Order>(Store::Orders, id)?;
+        let tracking = self.db.get::<Tracking>(Store::Tracking, id)?;
+        if !rules::is_final(order.as_ref(), tracking.as_ref()) {
+            return Ok(());
+        }
+        if let Some(mut order) = order {
+            let mut commands = std::mem::take(&mut self.scratch);
+            rules::forget(&mut order, due.at, &mut commands);
+            self.emit_commands(&mut commands, out)?;
+            self.scratch = commands;
+            self.db.delete(Store::Orders, id.to_vec())?;
+        }
+        if tracking.is_some() {
+            self.db.delete(Store::Tracking, id.to_vec())?;
+        }
         Ok(())
     }
 

@@ -20,9 +20,10 @@ use crate::event::{
     AlertKind, InventoryEvent, Millis, OversellAlert, SkuCommand, SkuCommandKind, Watermark,
 };
 use crate::fold::sku::{self as rules, Reservation, Sku};
+use crate::ids;
 use crate::merge::{self, SkuNext};
 use crate::sink::{DeadLetterReason, Origin, OutRecord, OutTopic};
-use crate::stage::{Accounting, Buffered, Dedup, Input, TaskError};
+use crate::stage::{dedup_key, Accounting, Buffered, Dedup, Input, TaskError};
 use crate::state::{key, KeyValue, StateError, StateOptions, Store, TaskDb};
 use crate::validate::{self, Bounds};
 
@@ -108,7 +109,15 @@ fn kind_bit(kind: SkuCommandKind) -> u8 {
         SkuCommandKind::Commit => 2,
         SkuCommandKind::Release => 4,
         SkuCommandKind::Restock => 8,
+        SkuCommandKind::Forget => 16,
     }
+}
+
+/// The dedup entry a Forget leaves for its (order, sku), valued at the Forget's time. It
+/// lives among the command topic's ids and is purged with them.
+fn forget_marker(cmd: &SkuCommand) -> Vec<u8> {
+    let id = ids::command_id(SkuCommandKind::Forget, &cmd.order_id, &cmd.sku);
+    dedup_key(COMMANDS as u8, &id)
 }
 
 /// What the task commits beside its stores.
@@ -280,6 +289,9 @@ pub struct SkuTask {
     /// record read, applied or dead-lettered. Watermarks alone need no commit (a reopened
     /// task reads them again), so an idle instance does not write a checkpoint every second.
     changed: bool,
+    /// `rules.final_retention_ms` is on: the order stage may forget orders, so a command that
+    /// finds no reservation may be a dropped attempt's copy of one sent before the Forget.
+    forgets: bool,
 }
 
 impl SkuTask {
@@ -328,6 +340,7 @@ impl SkuTask {
             pending_offsets: BTreeSet::new(),
             commands_read_to,
             changed: false,
+            forgets: config.rules.final_retention_ms > 0,
         })
     }
 
@@ -718,9 +731,29 @@ impl SkuTask {
             acc.duplicates += 1;
             return Ok(());
         }
+        // A forgotten reservation leaves a marker for `dedup_retention_ms`: the time of its
+        // Forget, above every command sent for the order before it. A command below it that
+        // finds no reservation is a copy of one applied before the Forget (a dropped attempt's,
+        // read late), and must not reserve or sell again. A Forget that finds none has nothing
+        // left to forget.
+        if stored.is_none() && self.forgets {
+            let forgotten_at = self.db.get::<Millis>(Store::Dedup, &forget_marker(&cmd))?;
+            if cmd.kind == SkuCommandKind::Forget
+                || forgotten_at.is_some_and(|at| cmd.occurred_at < at)
+            {
+                acc.duplicates += 1;
+                return Ok(());
+            }
+        }
         acc.applied += 1;
         let mut sku = self.sku(&cmd.sku)?;
         let effect = rules::apply_command(&mut sku, stored.map(|s| s.reservation), &cmd);
+        if effect.forget {
+            self.db.delete(Store::Reservations, rkey)?;
+            self.db
+                .put(Store::Dedup, forget_marker(&cmd), &cmd.occurred_at)?;
+            return Ok(());
+        }
         // Every change to the SKU comes with a change to the reservation.
         if effect.reservation.is_some() {
             self.db
@@ -938,9 +971,13 @@ mod tests {
     }
 
     fn reserve(order: &str, at: Millis) -> SkuCommand {
+        command(SkuCommandKind::Reserve, order, at)
+    }
+
+    fn command(kind: SkuCommandKind, order: &str, at: Millis) -> SkuCommand {
         SkuCommand {
-            command_id: format!("cmd-{order}"),
-            kind: SkuCommandKind::Reserve,
+            command_id: ids::command_id(kind, order, "A"),
+            kind,
             order_id: order.into(),
             sku: "A".into(),
             quantity: 1,
@@ -1023,5 +1060,63 @@ mod tests {
         task.push(COMMANDS, 1, 1, None, None, Some(value));
         task.run(true, 100, &mut out).unwrap();
         assert_eq!(task.pending_commands(), 1, "applied ahead of its watermark");
+    }
+
+    /// A Forget deletes the reservation and leaves a marker: a copy of a command sent before
+    /// it (a dropped attempt's, read late) finds no reservation and changes nothing, while a
+    /// command sent after it (the order placed again) reserves anew.
+    #[test]
+    fn a_command_sent_before_a_forget_and_read_after_it_changes_nothing() {
+        use SkuCommandKind::*;
+        let dir = tempfile::tempdir().unwrap();
+        let codec = Codec::new().unwrap();
+        let topics = ["inventory".to_string(), "commands".to_string()];
+        let mut task =
+            SkuTask::open(dir.path(), 0, topics, 1, codec.clone(), &Config::default()).unwrap();
+        let mut offset = 0;
+        let mut send = |task: &mut SkuTask, value: Vec<u8>| {
+            task.push(COMMANDS, offset, offset, None, None, Some(value));
+            offset += 1;
+        };
+        let watermark = |at: Millis| Watermark {
+            source_partition: 0,
+            stream_time: at,
+            end_of_input: false,
+        };
+        let mut out = Vec::new();
+        for c in [
+            command(Reserve, "o1", 100),
+            command(Release, "o1", 110),
+            command(Forget, "o1", 150),
+        ] {
+            send(&mut task, codec.encode(&c).unwrap());
+        }
+        send(&mut task, codec.encode(&watermark(200)).unwrap());
+        task.run(true, 100, &mut out).unwrap();
+        let reservations = |task: &SkuTask| {
+            sku_view(&task.db, "A")
+                .unwrap()
+                .map(|v| (v.reserved, v.reservations.len()))
+        };
+        assert_eq!(
+            reservations(&task),
+            Some((0, 0)),
+            "o1's reservation was forgotten"
+        );
+        // The copies arrive behind the watermark and are applied at once: as duplicates.
+        for c in [command(Reserve, "o1", 100), command(Forget, "o1", 150)] {
+            send(&mut task, codec.encode(&c).unwrap());
+        }
+        task.run(true, 100, &mut out).unwrap();
+        assert_eq!(reservations(&task), Some((0, 0)), "a copy reserved again");
+        assert_eq!(task.meta().accounting[COMMANDS].duplicates, 2);
+        // The order placed again after the Forget reserves.
+        send(
+            &mut task,
+            codec.encode(&command(Reserve, "o1", 300)).unwrap(),
+        );
+        send(&mut task, codec.encode(&watermark(400)).unwrap());
+        task.run(true, 100, &mut out).unwrap();
+        assert_eq!(reservations(&task), Some((0, 1)));
     }
 }
