@@ -567,6 +567,24 @@ pub fn replication(topics: &crate::config::TopicsConfig, brokers: usize) -> (u32
     (replicas, min_insync)
 }
 
+/// Kafka's default `max.message.bytes` for a topic: the largest record batch it takes.
+const BROKER_MESSAGE_BYTES_DEFAULT: u64 = 1_048_588;
+
+/// The `max.message.bytes` a created topic needs so that the broker takes every record batch
+/// the producer is allowed to build (its `message.max.bytes`, librdkafka's default 1,000,000),
+/// or None where the broker's default already does. A broker that refused a batch the producer
+/// accepted would fail it on every retry, and orderfold cannot tell a batch of small records
+/// from one record too large there; the producer's own limit is where a too-large record is
+/// caught and replaced by a stub dead letter.
+pub fn topic_message_bytes(config: &Config) -> Option<u64> {
+    let producer = config
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    (producer > BROKER_MESSAGE_BYTES_DEFAULT).then_some(producer)
+}
+
 /// Creates those of `wanted` that do not exist yet; returns their names.
 pub async fn create_missing(
     config: &Config,
@@ -590,6 +608,7 @@ pub async fn create_missing(
         );
     }
     let min_insync = min_insync.map(|n| n.to_string());
+    let message_bytes = topic_message_bytes(config).map(|n| n.to_string());
     let new: Vec<NewTopic> = wanted
         .iter()
         .filter(|w| !existing.contains_key(&w.name))
@@ -601,6 +620,9 @@ pub async fn create_missing(
             );
             if let Some(n) = &min_insync {
                 topic = topic.set("min.insync.replicas", n);
+            }
+            if let Some(n) = &message_bytes {
+                topic = topic.set("max.message.bytes", n);
             }
             if w.compacted {
                 topic
@@ -819,5 +841,23 @@ mod tests {
             ..TopicsConfig::default()
         };
         assert_eq!(replication(&loose, 3), (3, Some(3)));
+    }
+
+    /// A producer allowed batches larger than a broker takes by default makes every created
+    /// topic take them too; otherwise the broker's default stands.
+    #[test]
+    fn created_topics_take_every_batch_the_producer_may_build() {
+        let mut config = Config::default();
+        assert_eq!(topic_message_bytes(&config), None);
+        config
+            .kafka
+            .properties
+            .insert("message.max.bytes".into(), "4096".into());
+        assert_eq!(topic_message_bytes(&config), None);
+        config
+            .kafka
+            .properties
+            .insert("message.max.bytes".into(), "5000000".into());
+        assert_eq!(topic_message_bytes(&config), Some(5_000_000));
     }
 }

@@ -1,7 +1,8 @@
 //! Bad input and faults on tansu, with the binary in child processes: a corpus of broken
 //! records is dead-lettered with its reasons while the valid records around it apply, evolved
 //! writer schemas are read and incompatible ones dead-lettered, a 30 s broker outage is
-//! survived, and SASL/SCRAM logins work, fail clearly, and leak no secret.
+//! survived, a record too large for the producer becomes a stub dead letter, and SASL/SCRAM
+//! logins work, fail clearly, and leak no secret.
 
 mod broker;
 mod support;
@@ -627,6 +628,36 @@ fn an_evolved_writer_schema_is_applied_and_an_incompatible_one_dead_lettered_thr
         assert_eq!(broker::header(&found.headers, "reason"), "schema");
         assert!(broker::header(&found.headers, "detail").contains("cannot be read"));
     }
+}
+
+/// A record larger than the producer takes (`message.max.bytes` below a dead letter and a
+/// changelog record the run must write) goes out as a small stub dead letter, and the run
+/// finishes instead of retrying the batch for good: the binary on tansu, as a user runs it.
+#[test]
+fn a_record_too_large_for_the_producer_becomes_a_stub_dead_letter_on_tansu() {
+    let (_tansu, _state, mut config, file) = broker::process::empty_broker();
+    check(
+        orderfold(&file)
+            .args(["topics", "create"])
+            .output()
+            .unwrap(),
+        "topics create",
+    );
+    broker::produce_raw(&config, &broker::too_large_log());
+    config.kafka.properties.insert(
+        "message.max.bytes".into(),
+        broker::TOO_LARGE_BYTES.to_string(),
+    );
+    broker::write_config(&config, &file);
+    let mut run = orderfold(&file)
+        .args(["run", "--until-end"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past the limit the run is killed and the test fails: it retried the refused records.
+    let status = broker::process::wait_exit(&mut run, Duration::from_secs(120));
+    assert!(status.success(), "run --until-end: {status}");
+    broker::assert_too_large_stubs(&config);
 }
 
 #[test]

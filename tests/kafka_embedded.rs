@@ -812,45 +812,16 @@ fn a_restore_that_fails_during_an_assignment_is_retried() {
 /// and the run goes on and finishes; before, the batch was retried forever.
 #[test]
 fn a_record_too_large_for_the_producer_becomes_a_stub_dead_letter() {
-    use orderfold::codec::Codec;
-    use orderfold::driver::topics;
-    use orderfold::event::{PaymentBody, PaymentCaptured, PaymentEvent};
     let cluster = MockCluster::new(1).unwrap();
     let state = tempfile::tempdir().unwrap();
     let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 1, 1);
     create_topics(&cluster, &config);
-    let codec = Codec::new().unwrap();
-    let payment = |i: usize| PaymentEvent {
-        event_id: format!("ev-pay-{i}"),
-        order_id: "o-ghost".into(),
-        payment_id: format!("pay-{i}"),
-        occurred_at: 1_767_225_600_000 + i as i64,
-        body: PaymentBody::PaymentCaptured(PaymentCaptured {
-            amount_minor: 1999,
-            currency: "EUR".into(),
-        }),
-    };
-    let record = |topic, key: &str, value| broker::RawRecord {
-        topic,
-        key: Some(key.as_bytes().to_vec()),
-        value: Some(value),
-        partition: None,
-    };
-    let mut log = vec![record(topics::ORDERS, "o-big", vec![b'x'; 5_000])];
-    // About 100 bytes each parked: 80 of them make one value of some 8 KB.
-    log.extend((0..80).map(|i| {
-        record(
-            topics::PAYMENTS,
-            "o-ghost",
-            codec.encode(&payment(i)).unwrap(),
-        )
-    }));
-    broker::produce_raw(&config, &log);
+    broker::produce_raw(&config, &broker::too_large_log());
     // The run's producer takes less than the log's producer did.
-    config
-        .kafka
-        .properties
-        .insert("message.max.bytes".into(), "4096".into());
+    config.kafka.properties.insert(
+        "message.max.bytes".into(),
+        broker::TOO_LARGE_BYTES.to_string(),
+    );
 
     let run = {
         let config = config.clone();
@@ -865,23 +836,5 @@ fn a_record_too_large_for_the_producer_becomes_a_stub_dead_letter() {
         std::thread::sleep(Duration::from_millis(50));
     }
     run.join().unwrap().expect("the run finishes");
-
-    let outputs = broker::read_outputs(&config);
-    let stubs: Vec<String> = outputs[topics::DLQ]
-        .iter()
-        .filter(|r| broker::header(&r.headers, "stub") == "too_large")
-        .map(|r| broker::header(&r.headers, "topic"))
-        .collect();
-    let names = kafka::TopicNames::from_config(&config);
-    assert!(
-        stubs.contains(&names.dead_letters),
-        "no stub for the dead letter: {stubs:?}"
-    );
-    assert!(
-        stubs.iter().any(|t| t.ends_with("-changelog")),
-        "no stub for the changelog record: {stubs:?}"
-    );
-    assert!(outputs[topics::DLQ]
-        .iter()
-        .all(|r| r.value.as_ref().is_none_or(|v| v.len() < 4_096)));
+    broker::assert_too_large_stubs(&config);
 }

@@ -440,3 +440,63 @@ pub fn produce_framed(
     )
     .unwrap();
 }
+
+/// The `message.max.bytes` of the producer in the too-large tests: below a 5 KB dead letter and
+/// an 8 KB parked-events value, above everything else a run writes.
+pub const TOO_LARGE_BYTES: usize = 4_096;
+
+/// A log with two records a producer limited to `TOO_LARGE_BYTES` must refuse: an output's
+/// dead letter (a 5 KB malformed value, kept whole) and a state value's changelog record (80
+/// events of about 100 bytes parked for one unknown order).
+pub fn too_large_log() -> Vec<RawRecord> {
+    use orderfold::event::{PaymentBody, PaymentCaptured, PaymentEvent};
+    let codec = Codec::new().unwrap();
+    let payment = |i: usize| PaymentEvent {
+        event_id: format!("ev-pay-{i}"),
+        order_id: "o-ghost".into(),
+        payment_id: format!("pay-{i}"),
+        occurred_at: 1_767_225_600_000 + i as i64,
+        body: PaymentBody::PaymentCaptured(PaymentCaptured {
+            amount_minor: 1999,
+            currency: "EUR".into(),
+        }),
+    };
+    let record = |topic, key: &str, value| RawRecord {
+        topic,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        partition: None,
+    };
+    let mut log = vec![record(topics::ORDERS, "o-big", vec![b'x'; 5_000])];
+    log.extend((0..80).map(|i| {
+        record(
+            topics::PAYMENTS,
+            "o-ghost",
+            codec.encode(&payment(i)).unwrap(),
+        )
+    }));
+    log
+}
+
+/// Each record of `too_large_log` went out as a small stub dead letter (reason `validation`,
+/// header `stub` = `too_large`) naming where it was going, and nothing larger was written.
+pub fn assert_too_large_stubs(config: &Config) {
+    let outputs = read_outputs(config);
+    let stubs: Vec<String> = outputs[topics::DLQ]
+        .iter()
+        .filter(|r| header(&r.headers, "stub") == "too_large")
+        .map(|r| header(&r.headers, "topic"))
+        .collect();
+    let names = TopicNames::from_config(config);
+    assert!(
+        stubs.contains(&names.dead_letters),
+        "no stub for the dead letter: {stubs:?}"
+    );
+    assert!(
+        stubs.iter().any(|t| t.ends_with("-changelog")),
+        "no stub for the changelog record: {stubs:?}"
+    );
+    assert!(outputs[topics::DLQ]
+        .iter()
+        .all(|r| r.value.as_ref().is_none_or(|v| v.len() < TOO_LARGE_BYTES)));
+}
