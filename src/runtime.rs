@@ -397,6 +397,10 @@ struct Engine {
     fatal: Option<RuntimeError>,
     /// A failed commit's batch, waiting to be processed again.
     retry: Option<Retry>,
+    /// Per order partition, the steps of the attempt a failed commit dropped: the reopened
+    /// task takes them again (`OrderTask::replay`). Kept only while this member still owns
+    /// the partition: after a revocation the next owner decides afresh.
+    journals: BTreeMap<u32, Vec<order_stage::Step>>,
     /// The producer holds records of a dropped batch: the next tasks opened get a new one.
     stale_producer: bool,
     /// Records a task processes before it commits: `limits.commit_records_max`, halved by each
@@ -657,6 +661,9 @@ impl Engine {
                 )?;
                 let topics = self.names.order_inputs().map(String::from);
                 let mut task = OrderTask::from_db(db, p, topics, self.codec.clone(), &self.config)?;
+                if let Some(steps) = self.journals.remove(&p) {
+                    task.replay(steps);
+                }
                 if let Some(start) = &self.start_offsets {
                     let at = self.names.order_inputs().map(|t| start_of(start, t, p));
                     if at.iter().any(|o| *o > 0) && task.start_at(at) {
@@ -724,6 +731,8 @@ impl Engine {
     /// Revocation: a final commit, then the tasks close (their RocksDB stays on disk). If the
     /// commit fails, the tasks are abandoned instead: nothing uncommitted may reach disk.
     fn close_tasks(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(), RuntimeError> {
+        // Whoever owns the partitions next decides afresh from their last commit.
+        self.journals.clear();
         if self.order.is_empty() && self.sku.is_empty() {
             return Ok(());
         }
@@ -930,6 +939,14 @@ impl Engine {
                 tracing::warn!(error = %e, "cannot abort the open transaction");
             }
         }
+        // What the dropped attempt decided may already be on the broker: the retry takes the
+        // same steps again (`OrderTask::replay`).
+        self.journals = self
+            .order
+            .iter_mut()
+            .map(|(p, slot)| (*p, slot.task.take_journal()))
+            .filter(|(_, steps)| !steps.is_empty())
+            .collect();
         self.close_all();
         self.dirty = false;
         self.stale_producer = true;
@@ -939,6 +956,7 @@ impl Engine {
     /// to process again from the last commit, so this member has nothing left to retry.
     fn drop_batch(&mut self) {
         self.abandon();
+        self.journals.clear();
         self.retry = None;
         self.status.set_fault(&self.status.retrying, None);
     }
@@ -1392,7 +1410,12 @@ impl Engine {
             let Some(slot) = self.order.get_mut(&p) else {
                 continue;
             };
-            if idle && slot.processed_since_commit == 0 && slot.task.meta().stream_time < now {
+            // A task taking a dropped attempt's steps again advances where that attempt did.
+            if idle
+                && slot.processed_since_commit == 0
+                && !slot.task.replaying()
+                && slot.task.meta().stream_time < now
+            {
                 let fired = out.len();
                 slot.task.advance_to(now, &mut out)?;
                 if out.len() > fired || self.transactional {
@@ -2321,6 +2344,7 @@ pub fn run_from(
         processing_started: None,
         fatal: None,
         retry: None,
+        journals: BTreeMap::new(),
         stale_producer: false,
         batch_records: config.limits.commit_records_max,
     };

@@ -613,6 +613,152 @@ fn a_lost_assignment_commits_nothing() {
     broker::assert_matches_driver(&records, &config, 2, 2, true);
 }
 
+/// A batch dropped after its records reached the broker is processed again with the same
+/// decisions, wall-clock advance on. The broker refuses the orders changelog (the producer
+/// learns it from fresh metadata) after o-1's placement committed, so the commit after the
+/// wall clock expired o-1 fails although its expiry and Release landed; o-1's capture (on time
+/// by event time) arrives only then. The retry, which finds the capture at once, takes the
+/// dropped attempt's steps again: the expiry first, then the capture as a late one, so the
+/// committed state counts the expiry the topic holds. Deciding afresh, it took the capture as
+/// on time, and the topic held an expiry the state never made.
+#[test]
+fn a_retried_batch_keeps_the_decisions_its_dropped_attempt_sent_while_the_wall_clock_advances() {
+    use orderfold::codec::Codec;
+    use orderfold::driver::topics;
+    use orderfold::event::*;
+    use orderfold::state::{Stage, Store};
+    let cluster = MockCluster::new(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = broker::config(&cluster.bootstrap_servers(), state.path(), 1, 1);
+    config.runtime.wall_clock_advance = true;
+    config.rules.reservation_ttl_ms = 10_000;
+    config.runtime.commit_interval_ms = 100;
+    // The refused changelog's records wait for a partition: the commit gives up after this.
+    config.runtime.produce_ack_timeout_ms = 2_000;
+    // Time to write the capture between the failure and the retry.
+    config.runtime.retry_backoff_ms = 2_000;
+    config.runtime.retry_backoff_max_ms = 2_000;
+    config
+        .kafka
+        .properties
+        .insert("topic.metadata.refresh.interval.ms".into(), "100".into());
+    create_topics(&cluster, &config);
+    let codec = Codec::new().unwrap();
+    let record = |topic, key: &str, value| broker::RawRecord {
+        topic,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        partition: None,
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let (status, shutdown, live) = spawn_live(&config);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while metric(&status, "orderfold_rebalances_total{kind=\"assigned\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "never assigned");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Placed now: the wall clock passes its deadline 10 s from now.
+    let t0 = now();
+    let placed = OrderEvent {
+        event_id: "placed-1".into(),
+        order_id: "o-1".into(),
+        occurred_at: t0,
+        body: OrderBody::OrderPlaced(OrderPlaced {
+            user_id: "u".into(),
+            cart_id: "c".into(),
+            currency: "EUR".into(),
+            lines: vec![OrderLine {
+                sku: "s-1".into(),
+                quantity: 2,
+                unit_price_minor: 999,
+            }],
+        }),
+    };
+    broker::produce_raw(
+        &config,
+        &[record(
+            topics::ORDERS,
+            "o-1",
+            codec.encode(&placed).unwrap(),
+        )],
+    );
+    wait_processed(&status, 1, &live);
+    let committed = |status: &Status| metric(status, "orderfold_commit_duration_seconds_count");
+    let placed_commit = committed(&status);
+    while committed(&status) <= placed_commit {
+        assert!(Instant::now() < deadline, "o-1 was never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        now() < t0 + 8_000,
+        "o-1 committed too close to its deadline: the test shows nothing"
+    );
+    let changelogs = orderfold::changelog::topics(&config, Stage::Order);
+    let (_, orders_changelog) = changelogs
+        .iter()
+        .find(|(s, _)| *s == Store::Orders)
+        .unwrap();
+    cluster
+        .topic_error(
+            orders_changelog,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    while metric(&status, "orderfold_commit_failures_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no commit failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster
+        .topic_error(orders_changelog, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    let capture = PaymentEvent {
+        event_id: "pay-1".into(),
+        order_id: "o-1".into(),
+        payment_id: "p-1".into(),
+        occurred_at: t0 + 1_000,
+        body: PaymentBody::PaymentCaptured(PaymentCaptured {
+            amount_minor: 1998,
+            currency: "EUR".into(),
+        }),
+    };
+    broker::produce_raw(
+        &config,
+        &[record(
+            topics::PAYMENTS,
+            "o-1",
+            codec.encode(&capture).unwrap(),
+        )],
+    );
+    wait_processed(&status, 2, &live);
+    let after = committed(&status);
+    while committed(&status) <= after {
+        assert!(Instant::now() < deadline, "the retry never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shutdown.request();
+    let report = live.join().unwrap().expect("the live run stops cleanly");
+
+    let names = kafka::TopicNames::from_config(&config);
+    let expiries = kafka::read_to_end(&config, &names.reservation_expiry).unwrap();
+    assert!(
+        !expiries.is_empty(),
+        "the dropped attempt's expiry never reached the broker: the test shows nothing"
+    );
+    assert!(
+        expiries.iter().all(|r| r.value == expiries[0].value),
+        "the retry sent an expiry different from the dropped attempt's"
+    );
+    assert_eq!(
+        report.expiries, 1,
+        "the topic holds an expiry of o-1 that the committed state did not make"
+    );
+}
+
 /// A record whose `occurred_at` lies a century ahead of its Kafka timestamp is dead-lettered
 /// (`validation`, naming `limits.future_skew_ms`) and moves no clock: accepted, it advanced
 /// its task's stream time to 2100 and expired every reservation of the task.

@@ -187,6 +187,15 @@ pub fn orders_of(tasks: &[OrderTask]) -> Result<Vec<OrderView>, TaskError> {
     Ok(all)
 }
 
+/// One decision of an order task that arrival timing, not the log, made: which input's next
+/// record it took, or a move of stream time without a record (live mode's wall-clock advance).
+/// The log alone fixes everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Take(usize),
+    Advance(Millis),
+}
+
 /// One order-stage task.
 pub struct OrderTask {
     partition: u32,
@@ -205,6 +214,10 @@ pub struct OrderTask {
     timers: BTreeSet<Vec<u8>>,
     /// When final order ids are forgotten: too many to mirror, so read a window at a time.
     retention: Retention,
+    /// The steps taken since the last commit (at most a batch of records and its advances).
+    journal: Vec<Step>,
+    /// A dropped attempt's steps, taken again before any new decision (see `replay`).
+    replay: VecDeque<Step>,
     scratch: Vec<SkuCommand>,
 }
 
@@ -255,8 +268,32 @@ impl OrderTask {
                 config.rules.final_retention_ms,
                 config.limits.forget_timers_cached_max,
             ),
+            journal: Vec::new(),
+            replay: VecDeque::new(),
             scratch: Vec::new(),
         })
+    }
+
+    /// Makes this task, opened at the commit a dropped attempt started from, take that
+    /// attempt's `steps` again before deciding anything itself: the same records in the same
+    /// order, the same advances of stream time at the same points. The dropped attempt's
+    /// commands, watermarks and outputs may already be on the broker, so the retry must send
+    /// exactly them again, whatever the fetch and the wall clock do this time.
+    pub fn replay(&mut self, steps: Vec<Step>) {
+        self.replay = steps.into();
+    }
+
+    /// Whether steps of a dropped attempt remain to be taken again.
+    pub fn replaying(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
+    /// The steps a retry must take again if this attempt is dropped now: those taken since the
+    /// last commit, then those of an earlier dropped attempt not taken again yet.
+    pub fn take_journal(&mut self) -> Vec<Step> {
+        let mut steps = std::mem::take(&mut self.journal);
+        steps.extend(self.replay.drain(..));
+        steps
     }
 
     /// The meta of the last commit, without a bounded run's end of input: that end belongs to
@@ -350,21 +387,40 @@ impl OrderTask {
         }
         let mut processed = 0;
         while processed < max_records {
-            let heads = [
-                self.head(ORDERS, caught_up[ORDERS]),
-                self.head(PAYMENTS, caught_up[PAYMENTS]),
-                self.head(LOGISTICS, caught_up[LOGISTICS]),
-            ];
-            let rank = match merge::next_order_stage(&heads) {
-                Next::Wait => break,
-                Next::Record(rank) if matches!(heads[rank], Head::Event { occurred_at } if occurred_at > until) => {
-                    break
+            let rank = match self.replay.front().copied() {
+                // A dropped attempt's step: its record is taken once fetched, whatever the
+                // merge would choose now.
+                Some(Step::Take(rank)) => {
+                    if self.buffers.get(rank).is_none_or(VecDeque::is_empty) {
+                        break;
+                    }
+                    self.replay.pop_front();
+                    rank
                 }
-                Next::DeadLetter(rank) | Next::Record(rank) => rank,
+                Some(Step::Advance(t)) => {
+                    self.replay.pop_front();
+                    self.advance_to(t, out)?;
+                    continue;
+                }
+                None => {
+                    let heads = [
+                        self.head(ORDERS, caught_up[ORDERS]),
+                        self.head(PAYMENTS, caught_up[PAYMENTS]),
+                        self.head(LOGISTICS, caught_up[LOGISTICS]),
+                    ];
+                    match merge::next_order_stage(&heads) {
+                        Next::Wait => break,
+                        Next::Record(rank) if matches!(heads[rank], Head::Event { occurred_at } if occurred_at > until) => {
+                            break
+                        }
+                        Next::DeadLetter(rank) | Next::Record(rank) => rank,
+                    }
+                }
             };
             let Some(record) = self.buffers[rank].pop_front() else {
                 break;
             };
+            self.journal.push(Step::Take(rank));
             self.meta.next_offsets[rank] = record.offset + 1;
             self.meta.accounting[rank].consumed += 1;
             match record.decoded {
@@ -810,6 +866,7 @@ impl OrderTask {
     /// Moves stream time to `t` with no record: fires what is due before `t` first. Used by a
     /// bounded run's end and by live mode's wall-clock advance of an idle task.
     pub fn advance_to(&mut self, t: Millis, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        self.journal.push(Step::Advance(t));
         self.fire_due(t, out)?;
         self.meta.stream_time = self.meta.stream_time.max(t);
         Ok(())
@@ -818,6 +875,9 @@ impl OrderTask {
     /// Ends a bounded run at `end` (the largest valid occurred_at of all inputs): what is due
     /// before it fires, and the next watermark tells the SKU stage no more commands will come.
     pub fn finish(&mut self, end: Millis, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+        // A bounded run decides nothing by timing (its merge waits for the captured ends), so
+        // whatever a dropped attempt did before its end, this end is the same.
+        self.replay.clear();
         self.advance_to(end, out)?;
         self.meta.end_of_input = true;
         Ok(())
@@ -860,7 +920,9 @@ impl OrderTask {
     /// Writes the batch's state changes and the task's offsets in one atomic WriteBatch.
     /// Call only once the batch's outputs are acknowledged.
     pub fn commit(&mut self) -> Result<(), TaskError> {
-        Ok(self.db.commit_with_meta(META_KEY, &self.meta)?)
+        self.db.commit_with_meta(META_KEY, &self.meta)?;
+        self.journal.clear();
+        Ok(())
     }
 
     /// Puts the task's bookkeeping among the batch's writes, so the changelog sees the batch
@@ -1022,5 +1084,81 @@ mod tests {
         assert_eq!(task.run(caught_up, 100, Millis::MAX, &mut out).unwrap(), 2);
         assert_eq!(task.next_offset(ORDERS), 5);
         assert_eq!(task.position([true; INPUTS]), None);
+    }
+
+    /// A retry takes a dropped attempt's steps again. The first attempt, in live mode, advanced
+    /// stream time past o-1's deadline before its capture arrived (expiry, Release, then a late
+    /// capture); the retry finds both records fetched at once and, deciding afresh, would see
+    /// the capture on time and send no expiry. Replaying, it sends the same records again.
+    #[test]
+    fn a_retry_takes_the_dropped_attempts_steps_again() {
+        use crate::event::{PaymentBody, PaymentCaptured, PaymentEvent};
+        let dir = tempfile::tempdir().unwrap();
+        let codec = Codec::new().unwrap();
+        let config = Config::default();
+        let open = || {
+            let topics = ["orders".into(), "payments".into(), "logistics".into()];
+            OrderTask::open(dir.path(), 0, topics, codec.clone(), &config).unwrap()
+        };
+        let t0 = 1_700_000_000_000;
+        let placed_value = codec.encode(&placed(1, t0)).unwrap();
+        let capture = PaymentEvent {
+            event_id: "pay-1".into(),
+            order_id: "o-1".into(),
+            payment_id: "p-1".into(),
+            occurred_at: t0 + 1_000,
+            body: PaymentBody::PaymentCaptured(PaymentCaptured {
+                amount_minor: 1998,
+                currency: "EUR".into(),
+            }),
+        };
+        let capture_value = codec.encode(&capture).unwrap();
+        let key = Some(b"o-1".to_vec());
+        let bytes = |out: &[OutRecord]| -> Vec<Vec<u8>> {
+            out.iter().filter_map(|r| r.value.clone()).collect()
+        };
+        let all = [true; INPUTS];
+
+        let mut first = open();
+        let mut sent = Vec::new();
+        first.push(ORDERS, 0, 0, None, key.clone(), Some(placed_value.clone()));
+        first.run(all, 100, Millis::MAX, &mut sent).unwrap();
+        // Idle: the wall clock moves stream time past the deadline.
+        first.advance_to(t0 + 400_000, &mut sent).unwrap();
+        first.push(
+            PAYMENTS,
+            0,
+            0,
+            None,
+            key.clone(),
+            Some(capture_value.clone()),
+        );
+        first.run(all, 100, Millis::MAX, &mut sent).unwrap();
+        assert_eq!(first.meta().expiries, 1);
+        let steps = first.take_journal();
+        drop(first);
+
+        let retry = |steps: Option<Vec<Step>>| {
+            let mut task = open();
+            if let Some(steps) = steps {
+                task.replay(steps);
+            }
+            let mut out = Vec::new();
+            task.push(ORDERS, 0, 0, None, key.clone(), Some(placed_value.clone()));
+            task.push(
+                PAYMENTS,
+                0,
+                0,
+                None,
+                key.clone(),
+                Some(capture_value.clone()),
+            );
+            task.run(all, 100, Millis::MAX, &mut out).unwrap();
+            assert!(!task.replaying());
+            out
+        };
+        assert_eq!(bytes(&retry(Some(steps))), bytes(&sent));
+        // Deciding afresh, the retry would contradict what the first attempt already sent.
+        assert_ne!(bytes(&retry(None)), bytes(&sent));
     }
 }
