@@ -500,22 +500,7 @@ impl TaskDb {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StateError> {
-        let mode = match after {
-            Some(k) => IteratorMode::From(k, Direction::Forward),
-            None => IteratorMode::Start,
-        };
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(store)?, mode) {
-            let (k, v) = item?;
-            if after == Some(k.as_ref()) {
-                continue;
-            }
-            if out.len() >= limit {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.committed_prefix_page(store, b"", after, limit)
     }
 
     /// The batch's uncommitted writes to `store` (None is a delete), in no particular order:

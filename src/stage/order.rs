@@ -937,22 +937,6 @@ impl OrderTask {
         &mut self.db
     }
 
-    /// Drops uncommitted work, as a crash would; the next read resumes from the last commit.
-    pub fn discard(&mut self) -> Result<(), TaskError> {
-        self.db.discard();
-        self.meta = Self::committed_meta(&self.db)?;
-        self.timers = self
-            .db
-            .scan_prefix(Store::Timers, &[])?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        for b in &mut self.buffers {
-            b.clear();
-        }
-        Ok(())
-    }
-
     /// Unpaid orders holding stock: the reservation timers that have not fired. Counts the
     /// in-memory timer index, so call it per commit, not per record.
     pub fn active_reservations(&self) -> u64 {

@@ -817,18 +817,6 @@ impl SkuTask {
         &mut self.db
     }
 
-    pub fn discard(&mut self) -> Result<(), TaskError> {
-        self.db.discard();
-        self.meta = Self::committed_meta(&self.db)?;
-        self.pending.clear();
-        self.pending_offsets.clear();
-        self.commands_read_to = self.meta.next_offsets[COMMANDS];
-        self.inventory.clear();
-        self.commands.clear();
-        self.changed = false;
-        Ok(())
-    }
-
     /// One SKU's view, if it has any state.
     pub fn sku_view(&self, sku: &str) -> Result<Option<SkuView>, TaskError> {
         sku_view(&self.db, sku)
