@@ -301,13 +301,27 @@ pub struct Watermark {
     pub end_of_input: bool,
 }
 
-/// Events for unit tests across modules.
-#[cfg(test)]
-pub(crate) mod fixtures {
+/// Events for tests across modules and test binaries.
+#[doc(hidden)]
+pub mod fixtures {
     use super::*;
 
+    /// Order `o-{n}` paid in full (1998 EUR) at `occurred_at` (event `pay-{n}`).
+    pub fn captured(n: i64, occurred_at: Millis) -> PaymentEvent {
+        PaymentEvent {
+            event_id: format!("pay-{n}"),
+            order_id: format!("o-{n}"),
+            payment_id: format!("p-{n}"),
+            occurred_at,
+            body: PaymentBody::PaymentCaptured(PaymentCaptured {
+                amount_minor: 1998,
+                currency: "EUR".into(),
+            }),
+        }
+    }
+
     /// Order `o-{n}` placed at `occurred_at` (event `e-{n}`): two of `s-1` at 9.99 EUR.
-    pub(crate) fn placed(n: i64, occurred_at: Millis) -> OrderEvent {
+    pub fn placed(n: i64, occurred_at: Millis) -> OrderEvent {
         OrderEvent {
             event_id: format!("e-{n}"),
             order_id: format!("o-{n}"),

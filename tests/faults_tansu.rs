@@ -636,13 +636,7 @@ fn an_evolved_writer_schema_is_applied_and_an_incompatible_one_dead_lettered_thr
 #[test]
 fn a_record_too_large_for_the_producer_becomes_a_stub_dead_letter_on_tansu() {
     let (_tansu, _state, mut config, file) = broker::process::empty_broker();
-    check(
-        orderfold(&file)
-            .args(["topics", "create"])
-            .output()
-            .unwrap(),
-        "topics create",
-    );
+    broker::process::topics_create(&file);
     broker::produce_raw(&config, &broker::too_large_log());
     config.kafka.properties.insert(
         "message.max.bytes".into(),

@@ -625,7 +625,6 @@ fn a_lost_assignment_commits_nothing() {
 fn a_retried_batch_keeps_the_decisions_its_dropped_attempt_sent_while_the_wall_clock_advances() {
     use orderfold::codec::Codec;
     use orderfold::driver::topics;
-    use orderfold::event::*;
     use orderfold::state::{Stage, Store};
     let cluster = MockCluster::new(1).unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -664,21 +663,7 @@ fn a_retried_batch_keeps_the_decisions_its_dropped_attempt_sent_while_the_wall_c
     }
     // Placed now: the wall clock passes its deadline 10 s from now.
     let t0 = now();
-    let placed = OrderEvent {
-        event_id: "placed-1".into(),
-        order_id: "o-1".into(),
-        occurred_at: t0,
-        body: OrderBody::OrderPlaced(OrderPlaced {
-            user_id: "u".into(),
-            cart_id: "c".into(),
-            currency: "EUR".into(),
-            lines: vec![OrderLine {
-                sku: "s-1".into(),
-                quantity: 2,
-                unit_price_minor: 999,
-            }],
-        }),
-    };
+    let placed = orderfold::event::fixtures::placed(1, t0);
     broker::produce_raw(
         &config,
         &[record(
@@ -716,16 +701,7 @@ fn a_retried_batch_keeps_the_decisions_its_dropped_attempt_sent_while_the_wall_c
     cluster
         .topic_error(orders_changelog, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
         .unwrap();
-    let capture = PaymentEvent {
-        event_id: "pay-1".into(),
-        order_id: "o-1".into(),
-        payment_id: "p-1".into(),
-        occurred_at: t0 + 1_000,
-        body: PaymentBody::PaymentCaptured(PaymentCaptured {
-            amount_minor: 1998,
-            currency: "EUR".into(),
-        }),
-    };
+    let capture = orderfold::event::fixtures::captured(1, t0 + 1_000);
     broker::produce_raw(
         &config,
         &[record(

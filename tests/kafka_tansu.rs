@@ -114,13 +114,7 @@ fn sigterm_commits_and_exits_in_time_and_nothing_is_processed_twice() {
 #[test]
 fn a_topic_layout_with_different_partition_counts_exits_non_zero_naming_the_topics() {
     let (_tansu, state, config, file) = empty_broker();
-    check(
-        orderfold(&file)
-            .args(["topics", "create"])
-            .output()
-            .unwrap(),
-        "topics create",
-    );
+    broker::process::topics_create(&file);
     // A payments topic with three partitions beside orders and logistics with two.
     let mut wrong = config.clone();
     wrong.topics.payments = format!("{}-wide", config.topics.payments);

@@ -1031,7 +1031,7 @@ impl Input for OrderTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::fixtures::placed;
+    use crate::event::fixtures::{captured, placed};
 
     #[test]
     fn an_aligned_task_stops_before_the_first_record_past_its_bound() {
@@ -1076,7 +1076,6 @@ mod tests {
     /// the capture on time and send no expiry. Replaying, it sends the same records again.
     #[test]
     fn a_retry_takes_the_dropped_attempts_steps_again() {
-        use crate::event::{PaymentBody, PaymentCaptured, PaymentEvent};
         let dir = tempfile::tempdir().unwrap();
         let codec = Codec::new().unwrap();
         let config = Config::default();
@@ -1086,16 +1085,7 @@ mod tests {
         };
         let t0 = 1_700_000_000_000;
         let placed_value = codec.encode(&placed(1, t0)).unwrap();
-        let capture = PaymentEvent {
-            event_id: "pay-1".into(),
-            order_id: "o-1".into(),
-            payment_id: "p-1".into(),
-            occurred_at: t0 + 1_000,
-            body: PaymentBody::PaymentCaptured(PaymentCaptured {
-                amount_minor: 1998,
-                currency: "EUR".into(),
-            }),
-        };
+        let capture = captured(1, t0 + 1_000);
         let capture_value = codec.encode(&capture).unwrap();
         let key = Some(b"o-1".to_vec());
         let bytes = |out: &[OutRecord]| -> Vec<Vec<u8>> {

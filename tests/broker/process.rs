@@ -70,6 +70,17 @@ pub fn check(out: Output, what: &str) -> Output {
     out
 }
 
+/// `topics create` on a config file, which must succeed.
+pub fn topics_create(config_file: &Path) {
+    check(
+        orderfold(config_file)
+            .args(["topics", "create"])
+            .output()
+            .unwrap(),
+        "topics create",
+    );
+}
+
 /// `run --until-end` on a config file, which must succeed.
 pub fn run_until_end(config_file: &Path) -> Output {
     check(
@@ -132,13 +143,7 @@ pub fn setup_empty(seed: u64, orders: usize) -> Setup {
     let config = super::config(&tansu.addr, state.path(), ORDER_PARTITIONS, SKU_PARTITIONS);
     let config_file = state.path().join("orderfold.toml");
     super::write_config(&config, &config_file);
-    check(
-        orderfold(&config_file)
-            .args(["topics", "create"])
-            .output()
-            .unwrap(),
-        "topics create",
-    );
+    topics_create(&config_file);
     let (_, records) = super::workload(seed, orders);
     Setup {
         tansu,
