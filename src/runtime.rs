@@ -2057,10 +2057,16 @@ fn reached(
     next: i64,
     span: Option<(i64, i64)>,
 ) -> bool {
+    at_end(next, || position(consumer, topic, partition), span)
+}
+
+/// The rule of `reached`, given the task's next offset, the consumer's position (asked only
+/// when the offsets alone do not settle it) and the partition's span.
+fn at_end(next: i64, position: impl FnOnce() -> Option<i64>, span: Option<(i64, i64)>) -> bool {
     let Some((start, end)) = span else {
         return false;
     };
-    next.max(start) >= end || position(consumer, topic, partition).is_some_and(|at| at >= end)
+    next.max(start) >= end || position().is_some_and(|at| at >= end)
 }
 
 /// The consumer's position in one partition: the offset after the last record it handed out,
@@ -2510,4 +2516,30 @@ pub fn run_from(
     };
     drop(consumer);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition is read to its end when the task's next offset is there, or when offsets
+    /// no task receives fill the rest: a transaction marker (the consumer's position is past
+    /// it) or records deleted before anyone read them (the log starts at the end). Comparing
+    /// the next offset alone, both kept the partition short of its end for good.
+    #[test]
+    fn offsets_no_task_receives_do_not_keep_a_partition_short_of_its_end() {
+        let never = || -> Option<i64> { None };
+        assert!(at_end(11, never, Some((0, 11))));
+        // Ten records, then the marker at offset 10 that commits their transaction.
+        assert!(at_end(10, || Some(11), Some((0, 11))));
+        // Every record deleted by retention before the task read any.
+        assert!(at_end(0, never, Some((50, 50))));
+        // Records still to come.
+        assert!(!at_end(5, || Some(5), Some((0, 11))));
+        assert!(!at_end(5, never, Some((3, 11))));
+        assert!(
+            !at_end(5, || Some(11), None),
+            "no known end: never caught up"
+        );
+    }
 }
