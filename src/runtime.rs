@@ -1198,6 +1198,7 @@ impl Engine {
         let limit = self.batch_records;
         let mut total = 0;
         let mut order_records = 0;
+        let mut replayed_work = false;
         let mut out = Vec::new();
         let order_ids: Vec<u32> = self.order.keys().copied().collect();
         let caught_up: Vec<[bool; order_stage::INPUTS]> = order_ids
@@ -1223,7 +1224,10 @@ impl Engine {
                 continue;
             };
             let budget = limit.saturating_sub(slot.processed_since_commit);
+            let (replaying, sent) = (slot.task.replaying(), out.len());
             let n = slot.task.run(caught_up, budget, until, &mut out)?;
+            // A dropped attempt's advance, taken again, fired timers: that is work to commit.
+            replayed_work |= replaying && out.len() > sent;
             slot.processed_since_commit += n;
             total += n;
             order_records += n as u64;
@@ -1269,6 +1273,7 @@ impl Engine {
         // and once a SKU task has read a whole batch of them: a reopened task reads again
         // what it read since its last commit, and that must stay bounded.
         if order_records > 0
+            || replayed_work
             || self
                 .sku
                 .values()

@@ -727,7 +727,7 @@ impl OrderTask {
             let kind = k.get(8).copied().unwrap_or(TIMER_RESERVATION);
             let order_id = String::from_utf8_lossy(k.get(9..).unwrap_or_default()).into_owned();
             if kind == TIMER_RESERVATION {
-                self.expire(&order_id, out)?;
+                self.expire(&order_id, at, out)?;
             } else {
                 self.expire_orphans(&order_id, at, out)?;
             }
@@ -735,7 +735,12 @@ impl OrderTask {
         Ok(())
     }
 
-    fn expire(&mut self, order_id: &str, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
+    fn expire(
+        &mut self,
+        order_id: &str,
+        at: Millis,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<(), TaskError> {
         let Some(mut order) = self.db.get::<Order>(Store::Orders, order_id.as_bytes())? else {
             return Ok(());
         };
@@ -751,7 +756,9 @@ impl OrderTask {
             ));
             self.db
                 .put(Store::Orders, order_id.as_bytes().to_vec(), &order)?;
-            self.arm_if_final(order_id, Some(&order), None)?;
+            // Final from its deadline on (not from whenever stream time moved last), so one
+            // advance past it and two in a row arm the same retention.
+            self.arm_if_final_at(order_id, Some(&order), None, at.max(self.meta.stream_time))?;
         }
         self.emit_commands(&mut commands, out)?;
         self.scratch = commands;
@@ -767,9 +774,18 @@ impl OrderTask {
         order: Option<&Order>,
         tracking: Option<&Tracking>,
     ) -> Result<(), TaskError> {
+        self.arm_if_final_at(order_id, order, tracking, self.meta.stream_time)
+    }
+
+    fn arm_if_final_at(
+        &mut self,
+        order_id: &str,
+        order: Option<&Order>,
+        tracking: Option<&Tracking>,
+        now: Millis,
+    ) -> Result<(), TaskError> {
         if self.retention.on() && rules::is_final(order, tracking) {
-            self.retention
-                .arm(&mut self.db, order_id, self.meta.stream_time)?;
+            self.retention.arm(&mut self.db, order_id, now)?;
         }
         Ok(())
     }
@@ -866,7 +882,12 @@ impl OrderTask {
     /// Moves stream time to `t` with no record: fires what is due before `t` first. Used by a
     /// bounded run's end and by live mode's wall-clock advance of an idle task.
     pub fn advance_to(&mut self, t: Millis, out: &mut Vec<OutRecord>) -> Result<(), TaskError> {
-        self.journal.push(Step::Advance(t));
+        // Advances in a row are one advance to the latest (timers fire in the same order and
+        // with the same stamps), so an idle task's journal stays one step long.
+        match self.journal.last_mut() {
+            Some(Step::Advance(last)) => *last = (*last).max(t),
+            _ => self.journal.push(Step::Advance(t)),
+        }
         self.fire_due(t, out)?;
         self.meta.stream_time = self.meta.stream_time.max(t);
         Ok(())
@@ -1134,5 +1155,41 @@ mod tests {
         assert_eq!(bytes(&retry(Some(steps))), bytes(&sent));
         // Deciding afresh, the retry would contradict what the first attempt already sent.
         assert_ne!(bytes(&retry(None)), bytes(&sent));
+    }
+
+    /// Advances in a row are journaled as one, to the latest: an idle task's journal stays one
+    /// step long, and replaying that one step sends what the several did, retention included
+    /// (an expiry arms its retention from the deadline, not from the last advance).
+    #[test]
+    fn advances_in_a_row_are_one_step_and_decide_the_same() {
+        let codec = Codec::new().unwrap();
+        let mut config = Config::default();
+        config.rules.final_retention_ms = 60_000;
+        let t0 = 1_700_000_000_000;
+        let deadline = t0 + config.rules.reservation_ttl_ms;
+        let run = |advances: &[Millis]| {
+            let dir = tempfile::tempdir().unwrap();
+            let topics = ["orders".into(), "payments".into(), "logistics".into()];
+            let mut task = OrderTask::open(dir.path(), 0, topics, codec.clone(), &config).unwrap();
+            let mut out = Vec::new();
+            let value = codec.encode(&placed(1, t0)).unwrap();
+            task.push(ORDERS, 0, 0, None, Some(b"o-1".to_vec()), Some(value));
+            task.run([true; INPUTS], 100, Millis::MAX, &mut out)
+                .unwrap();
+            task.commit().unwrap();
+            for t in advances {
+                task.advance_to(*t, &mut out).unwrap();
+            }
+            let journal = task.take_journal();
+            // Past the retention: o-1 is forgotten, its Forget stamped from where it was armed.
+            task.advance_to(deadline + 120_000, &mut out).unwrap();
+            let values: Vec<Vec<u8>> = out.iter().filter_map(|r| r.value.clone()).collect();
+            (journal, values)
+        };
+        let (split, split_out) = run(&[deadline - 100, deadline + 100]);
+        let (single, single_out) = run(&[deadline + 100]);
+        assert_eq!(split, vec![Step::Advance(deadline + 100)]);
+        assert_eq!(split, single);
+        assert_eq!(split_out, single_out);
     }
 }
