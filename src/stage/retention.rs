@@ -81,7 +81,7 @@ impl Retention {
         if self.due.is_empty() {
             self.refill(db)?;
         }
-        Ok(self.due.first().and_then(|k| key::read_time(&k[1..])))
+        Ok(self.due.first().and_then(|k| key::read_time(k.get(1..)?)))
     }
 
     /// Removes the earliest deadline (the one `next_at` named) from memory and the store.
@@ -90,10 +90,11 @@ impl Retention {
             return Ok(None);
         };
         db.delete(Store::Retention, k.clone())?;
-        let Some(at) = key::read_time(&k[1..]) else {
+        // Keys read back from disk: a short one is skipped, never sliced past its end.
+        let (Some(at), Some(id)) = (k.get(1..).and_then(key::read_time), k.get(9..)) else {
             return Ok(None);
         };
-        let order_id = String::from_utf8_lossy(&k[9..]).into_owned();
+        let order_id = String::from_utf8_lossy(id).into_owned();
         let armed = armed_key(&order_id);
         let latest = db.get::<Millis>(Store::Retention, &armed)? == Some(at);
         if latest {
@@ -115,7 +116,8 @@ impl Retention {
         if keys.len() > self.cached_max {
             self.horizon = keys.pop();
         }
-        self.due.extend(keys);
+        // Only whole keys ('d', 8-byte time, id) can come due; anything shorter is not ours.
+        self.due.extend(keys.into_iter().filter(|k| k.len() >= 9));
         Ok(())
     }
 }
